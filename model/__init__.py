@@ -1,0 +1,6 @@
+"""U^2-Net for human matting: the networks, building by name, and loading any checkpoint."""
+from .u2net import U2NET, U2NETP, ARCHITECTURES, build_model
+from .checkpoint import CheckpointError, detect_arch, load_model, load_state_dict_any, load_weights, strip_prefixes
+
+__all__ = ["U2NET", "U2NETP", "ARCHITECTURES", "build_model", "CheckpointError", "detect_arch",
+           "load_model", "load_state_dict_any", "load_weights", "strip_prefixes"]

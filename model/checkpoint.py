@@ -1,0 +1,103 @@
+"""Load U^2-Net weights from any of the files people have.
+
+Accepted: a plain state_dict (the original U-2-Net releases, the seed's releases, ours), a
+training checkpoint of ours (``{"model": state_dict, ...}``), and keys prefixed by ``module.``
+(DataParallel/DDP) or ``_orig_mod.`` (torch.compile). The architecture is read from the weights.
+"""
+import os
+import pickle
+import zipfile
+
+import torch
+
+from .u2net import ARCHITECTURES, build_model
+
+
+class CheckpointError(ValueError):
+    """A weight file that cannot be used; the message names the file and the reason."""
+
+
+_PREFIXES = ("module.", "_orig_mod.")
+# stage1.rebnconvin.conv_s1.weight has shape (64, in_ch, 3, 3) in both; stage1's mid channels differ.
+_ARCH_BY_STAGE1_MID = {32: "u2net", 16: "u2netp"}
+
+
+def strip_prefixes(state_dict):
+    """Remove any mix of ``module.`` / ``_orig_mod.`` prefixes from every key."""
+    clean = {}
+    for key, value in state_dict.items():
+        while key.startswith(_PREFIXES):
+            key = key.split(".", 1)[1]
+        clean[key] = value
+    return clean
+
+
+def detect_arch(state_dict):
+    """Return ``"u2net"`` or ``"u2netp"`` from the weights; None if they are neither."""
+    weight = state_dict.get("stage1.rebnconv1.conv_s1.weight")
+    if not torch.is_tensor(weight) or weight.ndim != 4:
+        return None
+    return _ARCH_BY_STAGE1_MID.get(weight.shape[0])
+
+
+def _summarise(keys, limit=5):
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return f"{len(keys)} ({shown}{', ...' if len(keys) > limit else ''})"
+
+
+def load_state_dict_any(path):
+    """Read ``path`` and return ``(state_dict, arch)`` with prefixes removed.
+
+    Raises CheckpointError naming the file for a missing, truncated or foreign file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such weight file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable PyTorch file (truncated or damaged?): {err}") from err
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]  # a training checkpoint of ours
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state_dict of tensors")
+    state_dict = strip_prefixes(obj)
+    arch = detect_arch(state_dict)
+    if arch is None:
+        raise CheckpointError(
+            f"{path}: not U2NET/U2NETP weights (no stage1.rebnconv1.conv_s1.weight of 32 or 16 channels)")
+    return state_dict, arch
+
+
+def load_weights(model, state_dict, source="weights"):
+    """Load ``state_dict`` into ``model`` strictly, summarising mismatches in one error."""
+    expected = model.state_dict()
+    missing = expected.keys() - state_dict.keys()
+    unexpected = state_dict.keys() - expected.keys()
+    wrong_shape = [k for k in expected.keys() & state_dict.keys() if expected[k].shape != state_dict[k].shape]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_summarise(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_summarise(unexpected)}")
+        if wrong_shape:
+            parts.append(f"keys of another shape {_summarise(wrong_shape)}")
+        raise CheckpointError(f"{source}: does not fit {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict(state_dict)
+    return model
+
+
+def load_model(path, arch=None, device="cpu"):
+    """Build the network the weights in ``path`` belong to, load them, return it in eval mode.
+
+    ``arch`` ("u2net" | "u2netp"), when given, must agree with the weights.
+    """
+    state_dict, detected = load_state_dict_any(path)
+    if arch is not None and arch != detected:
+        if arch not in ARCHITECTURES:
+            raise CheckpointError(f"{path}: unknown architecture {arch!r}")
+        raise CheckpointError(f"{path}: holds {detected} weights, but arch={arch!r} was asked for")
+    model = load_weights(build_model(detected), state_dict, source=os.fspath(path))
+    return model.to(device).eval()

@@ -1,0 +1,93 @@
+"""U^2-Net (``U2NET``, 44.0 M parameters) and its small variant (``U2NETP``, 1.13 M).
+
+Same modules, names and parameter shapes as the original U-2-Net code (Qin et al. 2020):
+six encoder stages, five decoder stages, six 3x3 side outputs ``side1`` .. ``side6`` and a 1x1
+fusion ``outconv``. ``forward`` returns the seven sigmoid maps, fused first, as the original;
+``forward_logits`` returns them before the sigmoid, for losses that must be safe under autocast.
+"""
+import torch
+import torch.nn as nn
+
+from .blocks import RSU, RSU4F, upsample_like
+
+# Per stage: (block height, in, mid, out); height 0 means RSU-4F.
+U2NET_STAGES = {
+    "stage1": (7, None, 32, 64), "stage2": (6, 64, 32, 128), "stage3": (5, 128, 64, 256),
+    "stage4": (4, 256, 128, 512), "stage5": (0, 512, 256, 512), "stage6": (0, 512, 256, 512),
+    "stage5d": (0, 1024, 256, 512), "stage4d": (4, 1024, 128, 256), "stage3d": (5, 512, 64, 128),
+    "stage2d": (6, 256, 32, 64), "stage1d": (7, 128, 16, 64),
+}
+U2NETP_STAGES = {
+    "stage1": (7, None, 16, 64), "stage2": (6, 64, 16, 64), "stage3": (5, 64, 16, 64),
+    "stage4": (4, 64, 16, 64), "stage5": (0, 64, 16, 64), "stage6": (0, 64, 16, 64),
+    "stage5d": (0, 128, 16, 64), "stage4d": (4, 128, 16, 64), "stage3d": (5, 128, 16, 64),
+    "stage2d": (6, 128, 16, 64), "stage1d": (7, 128, 16, 64),
+}
+
+
+class _U2NetBase(nn.Module):
+    """Shared wiring of U2NET and U2NETP; subclasses give the stage table."""
+
+    stages = {}
+
+    def __init__(self, in_ch=3, out_ch=1):
+        super().__init__()
+        for name, (height, cin, mid, cout) in self.stages.items():
+            cin = in_ch if cin is None else cin
+            block = RSU4F(cin, mid, cout) if height == 0 else RSU(height, cin, mid, cout)
+            setattr(self, name, block)
+            if name[-1] != "d" and name != "stage6":
+                # pool12 after stage1, ..., pool56 after stage5, as the original names them.
+                level = int(name[-1])
+                setattr(self, f"pool{level}{level + 1}", nn.MaxPool2d(2, stride=2, ceil_mode=True))
+        side_channels = [self.stages[s][3] for s in ("stage1d", "stage2d", "stage3d", "stage4d", "stage5d", "stage6")]
+        for i, ch in enumerate(side_channels, start=1):
+            setattr(self, f"side{i}", nn.Conv2d(ch, out_ch, 3, padding=1))
+        self.outconv = nn.Conv2d(6 * out_ch, out_ch, 1)
+
+    def forward_logits(self, x):
+        """x: float (B,in_ch,H,W) -> tuple of 7 logit maps (B,out_ch,H,W): fused d0, then d1..d6."""
+        encoded = []
+        hx = x
+        for level in range(1, 6):
+            hx = getattr(self, f"stage{level}")(hx)
+            encoded.append(hx)
+            hx = getattr(self, f"pool{level}{level + 1}")(hx)
+        hx6 = self.stage6(hx)
+        decoded = [hx6]  # deepest first: hx6, hx5d, hx4d, hx3d, hx2d, hx1d
+        hx = hx6
+        for level in range(5, 0, -1):
+            skip = encoded[level - 1]
+            hx = getattr(self, f"stage{level}d")(torch.cat((upsample_like(hx, skip), skip), 1))
+            decoded.append(hx)
+        decoded.reverse()  # hx1d, hx2d, ..., hx6
+        d1 = self.side1(decoded[0])
+        sides = [d1] + [upsample_like(getattr(self, f"side{i}")(decoded[i - 1]), d1) for i in range(2, 7)]
+        d0 = self.outconv(torch.cat(sides, 1))
+        return (d0, *sides)
+
+    def forward(self, x):
+        """x: float (B,in_ch,H,W), ImageNet-normalised -> 7 maps in [0,1] (B,out_ch,H,W), fused first."""
+        return tuple(torch.sigmoid(d) for d in self.forward_logits(x))
+
+
+class U2NET(_U2NetBase):
+    """Full U^2-Net, 44.0 M parameters (176.3 MB of fp32 weights)."""
+
+    stages = U2NET_STAGES
+
+
+class U2NETP(_U2NetBase):
+    """Small U^2-Net, 1.13 M parameters (4.7 MB)."""
+
+    stages = U2NETP_STAGES
+
+
+ARCHITECTURES = {"u2net": U2NET, "u2netp": U2NETP}
+
+
+def build_model(arch="u2net", in_ch=3, out_ch=1):
+    """Build an untrained network by name: ``"u2net"`` or ``"u2netp"``."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[arch](in_ch, out_ch)
