@@ -1,0 +1,120 @@
+"""Settings: JSON file, --config, --set overrides and the errors that name key and file."""
+import json
+
+import pytest
+import torch
+
+from utils.device import amp_dtype, resolve_device
+from utils.settings import SettingsError, build_settings, default_config_path, load_settings, settings_to_dict
+
+
+@pytest.fixture
+def config(tmp_path):
+    """A minimal stage-2 settings file whose dataset_path exists."""
+    data = tmp_path / "data"
+    data.mkdir()
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"dataset_path": str(data), "batch_size": 3, "e2h": {"schedule": "linear"}}))
+    return path
+
+
+def test_file_values_and_defaults(config):
+    s = build_settings("train_stage2", config)
+    assert s.batch_size == 3 and s.e2h.schedule == "linear"
+    assert s.e2h.ramp_epochs == 100 and s.crop_size == 288 and s.lr == 1e-3  # defaults
+    assert s.dataloader.num_worker == 2
+
+
+def test_overrides_are_json_with_string_fallback(config):
+    s = build_settings("train_stage2", config, ["batch_size=16", "e2h.schedule=none", "lr=5e-4",
+                                                "project_name=123", "image_num=null", "dataloader.pin_memory=false"])
+    assert s.batch_size == 16 and s.e2h.schedule == "none" and s.lr == 5e-4
+    assert s.project_name == "123"  # a text key keeps the text
+    assert s.image_num is None and s.dataloader.pin_memory is False
+
+
+def test_int_accepted_for_float(config):
+    assert build_settings("train_stage2", config, ["lr=1"]).lr == 1.0
+
+
+@pytest.mark.parametrize("override, words", [
+    ("bogus=1", ["unknown key 'bogus'", "--set bogus=1"]),
+    ("e2h.bogus=1", ["unknown key 'e2h.bogus'"]),
+    ("batch_size=four", ["batch_size must be int", "'four'"]),
+    ("channels_last=1", ["channels_last must be bool"]),
+    ("e2h.schedule=cubic", ["e2h.schedule must be one of", "'cubic'"]),
+    ("batch_size=0", ["batch_size must be positive"]),
+    ("crop_size=400", ["crop_size 400 is larger than image_size 320"]),
+    ("dataset_path=/no/such/folder", ["dataset_path", "/no/such/folder", "not a folder"]),
+    ("pth_name=missing.pth", ["missing.pth", "not a file"]),
+    ("resume=/no/such/run", ["resume", "not a run folder"]),
+    ("batch_size", ["expected KEY=VALUE"]),
+])
+def test_bad_overrides_name_the_key(config, override, words):
+    with pytest.raises(SettingsError) as err:
+        build_settings("train_stage2", config, [override])
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_errors_in_the_file_name_the_file(tmp_path, config):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"dataset_path": str(tmp_path), "epochs": 3}))
+    with pytest.raises(SettingsError, match=r"bad\.json: unknown key 'epochs'"):
+        build_settings("train_stage2", bad)
+    bad.write_text("{not json")
+    with pytest.raises(SettingsError, match=r"bad\.json: not valid JSON"):
+        build_settings("train_stage2", bad)
+    with pytest.raises(SettingsError, match=r"nope\.json: settings file not found"):
+        build_settings("train_stage2", tmp_path / "nope.json")
+    bad.write_text(json.dumps({"dataset_path": str(tmp_path), "e2h": 3}))
+    with pytest.raises(SettingsError, match=r"bad\.json: e2h must be a JSON object"):
+        build_settings("train_stage2", bad)
+
+
+def test_stage1_has_no_e2h_keys(tmp_path):
+    path = tmp_path / "s1.json"
+    path.write_text(json.dumps({"dataset_path": str(tmp_path), "e2h": {"schedule": "step"}}))
+    with pytest.raises(SettingsError, match="unknown key 'e2h'"):
+        build_settings("train_stage1", path)
+
+
+def test_shipped_settings_files_parse(tmp_path):
+    """Every shipped JSON file uses only known keys of the right types (paths aside)."""
+    for script in ("train_stage1", "train_stage2", "test_stage2"):
+        from utils.settings import default_config_path
+        path = default_config_path(script)
+        data = json.load(open(path))
+        data["dataset_path"] = str(tmp_path)
+        copy = tmp_path / f"{script}.json"
+        copy.write_text(json.dumps(data))
+        settings = build_settings(script, copy)
+        assert settings_to_dict(settings)["dataset_path"] == str(tmp_path)
+
+
+def test_load_settings_cli_exits_with_message(config, capsys):
+    settings, args = load_settings("train_stage2", ["--config", str(config), "--set", "seed=7"])
+    assert settings.seed == 7
+    with pytest.raises(SystemExit) as exit_info:
+        load_settings("train_stage2", ["--config", str(config), "--set", "seed=x"])
+    assert exit_info.value.code == 2
+    assert "seed must be int" in capsys.readouterr().err
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    auto = resolve_device("auto")
+    assert auto.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="not a device name"):
+        resolve_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda:0")
+        with pytest.warns(UserWarning, match="training on the CPU"):
+            resolve_device("auto", training=True)
+
+
+def test_amp_dtype():
+    cpu = torch.device("cpu")
+    assert amp_dtype(cpu, "auto") is None and amp_dtype(cpu, "off") is None
+    assert amp_dtype(cpu, "bf16") is torch.bfloat16 and amp_dtype(cpu, "fp16") is torch.float16
