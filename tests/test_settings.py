@@ -118,3 +118,15 @@ def test_amp_dtype():
     cpu = torch.device("cpu")
     assert amp_dtype(cpu, "auto") is None and amp_dtype(cpu, "off") is None
     assert amp_dtype(cpu, "bf16") is torch.bfloat16 and amp_dtype(cpu, "fp16") is torch.float16
+
+
+def test_weights_file_in_model_path_or_its_model_folder(config, tmp_path):
+    from utils.settings import weights_file
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "best.pth").write_bytes(b"x")
+    s = build_settings("train_stage2", config, [f"model_path={run}", "pth_name=best.pth"])
+    assert weights_file(s) == str(run / "model" / "best.pth")
+    (run / "best.pth").write_bytes(b"x")
+    assert weights_file(s) == str(run / "best.pth")
+    assert weights_file(build_settings("train_stage2", config)) is None

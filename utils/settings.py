@@ -188,13 +188,26 @@ def _validate(settings, sources):
     if flat.get("dataset_path") and not os.path.isdir(flat["dataset_path"]):
         raise SettingsError(f"{sources.get('dataset_path', 'defaults')}: dataset_path "
                             f"{flat['dataset_path']!r} is not a folder")
-    if flat.get("pth_name"):
+    if flat.get("pth_name") and weights_file(settings) is None:
         weights = os.path.join(flat.get("model_path", ""), flat["pth_name"])
-        if not os.path.isfile(weights):
-            raise SettingsError(f"{sources.get('pth_name', 'defaults')}: model_path/pth_name "
-                                f"{weights!r} is not a file")
+        raise SettingsError(f"{sources.get('pth_name', 'defaults')}: model_path/pth_name "
+                            f"{weights!r} is not a file (nor is model_path/model/pth_name)")
     if flat.get("resume") and not os.path.isdir(flat["resume"]):
         raise SettingsError(f"{sources.get('resume', 'defaults')}: resume {flat['resume']!r} is not a run folder")
+
+
+def weights_file(settings):
+    """The weight file named by ``model_path``/``pth_name``, or None when none is named or found.
+
+    As in the seed, ``model_path`` may also be a run folder whose ``model/`` holds ``pth_name``.
+    """
+    if not settings.pth_name:
+        return None
+    for candidate in (os.path.join(settings.model_path, settings.pth_name),
+                      os.path.join(settings.model_path, "model", settings.pth_name)):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
 
 
 def _flatten(d, prefix=""):
