@@ -6,6 +6,7 @@ training checkpoint of ours (``{"model": state_dict, ...}``), and keys prefixed 
 """
 import os
 import pickle
+import struct
 import zipfile
 
 import torch
@@ -56,8 +57,12 @@ def load_state_dict_any(path):
         raise CheckpointError(f"{path}: no such weight file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable PyTorch file (truncated or damaged?): {err}") from err
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+            KeyError, IndexError, struct.error) as err:
+        # torch's own message runs to many lines and suggests weights_only=False; keep its gist.
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch weight file (truncated, damaged or "
+                              f"another format): {reason}") from err
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]  # a training checkpoint of ours
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
