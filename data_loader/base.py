@@ -5,7 +5,7 @@ import warnings
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from .e2h import SharedEpoch
 from .image_io import ImageReadError
@@ -15,15 +15,18 @@ from .transforms import Augment, eval_preset, normalize, train_preset
 from .trimap import EVAL_KERNEL, unknown_band
 
 MAX_SUBSTITUTES = 8
-_cv2_limited = False
 
 
-def _limit_cv2_threads_in_worker():
-    """One OpenCV thread per DataLoader worker (the workers are the parallelism)."""
-    global _cv2_limited
-    if not _cv2_limited and get_worker_info() is not None:
-        cv2.setNumThreads(1)
-        _cv2_limited = True
+def single_threaded_opencv():
+    """Turn OpenCV's own threading off (``cv2.setNumThreads(0)``).
+
+    OpenCV's thread pool does not survive ``fork``: a forked DataLoader worker that touches
+    an inherited pool can hang for ever (seen: ``cv2.setNumThreads`` in a worker blocked in
+    ``pthread_cond_destroy``). So it is done where it is safe: in the process that builds a
+    dataset, before any worker forks, and in every process that unpickles one (spawn and
+    forkserver workers). The DataLoader workers are the parallelism.
+    """
+    cv2.setNumThreads(0)
 
 
 def resolve_augment(augment, split):
@@ -53,6 +56,7 @@ class MattingDataset(Dataset):
     """
 
     def __init__(self, root, split, image_size, crop_size, seed, augment):
+        single_threaded_opencv()
         self.root = os.path.abspath(os.fspath(root))
         if not os.path.isdir(self.root):
             raise DatasetError(f"dataset folder not found: {self.root}")
@@ -67,6 +71,10 @@ class MattingDataset(Dataset):
         self.names = []
         self._epoch = SharedEpoch()
         self._bad = set()
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        single_threaded_opencv()
 
     # ---- epoch -----------------------------------------------------------------------------
     def set_epoch(self, epoch):
@@ -90,7 +98,6 @@ class MattingDataset(Dataset):
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} samples")
         index = int(index) % n
-        _limit_cv2_threads_in_worker()
         failures, candidate = [], index
         for attempt in range(MAX_SUBSTITUTES + 1):
             if candidate not in self._bad:

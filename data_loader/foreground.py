@@ -133,7 +133,7 @@ class ForegroundDataset(MattingDataset):
             failed = {name for _, name, _ in self.skipped.skipped}
             pairs = [p for p in pairs if p.name not in failed]
         if not pairs:
-            raise DatasetError(f"no usable photo/mask pairs in {self.root}: " + self.skipped.message(0))
+            raise DatasetError(f"no usable photo/mask pairs in {self.root}: " + self.skipped.message(len(self.skipped)))
         self.skipped.warn(len(pairs) + len(self.skipped), stacklevel=3)
         self.pairs = pairs
         self.names = [p.name for p in pairs]

@@ -18,6 +18,9 @@ import glob
 import hashlib
 import io
 import os
+import subprocess
+import sys
+import tempfile
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -33,11 +36,37 @@ CACHE_VERSION = 1
 _LOAD_ERRORS = (OSError, ValueError, EOFError)
 
 
+_PARALLEL_PID = None  # the process in which pymatting's numba code started OpenMP threads
+_SUBPROCESS_CODE = ("import sys, numpy as np; from pymatting import estimate_foreground_ml as f; d = sys.argv[1]; "
+                    "np.save(d + '/fg.npy', f(np.load(d + '/rgb.npy'), np.load(d + '/alpha.npy')))")
+
+
 def estimate_foreground(rgb, alpha):
-    """rgb: uint8 (H,W,3); alpha: float32 (H,W) in [0,1] -> foreground uint8 (H,W,3)."""
-    from pymatting import estimate_foreground_ml  # imported here: numba start-up is slow
-    fg = estimate_foreground_ml(rgb.astype(np.float32) / 255.0, alpha.astype(np.float32))
+    """rgb: uint8 (H,W,3); alpha: float32 (H,W) in [0,1] -> foreground uint8 (H,W,3).
+
+    pymatting runs on numba, whose GNU OpenMP layer kills a process forked from one that
+    already used it ("fork() called from a process already using GNU OpenMP"). A forked
+    DataLoader worker that must estimate (an entry went stale mid-run) therefore runs the
+    estimation in a fresh Python subprocess (``subprocess.CalledProcessError`` on failure).
+    """
+    global _PARALLEL_PID
+    image = rgb.astype(np.float32) / np.float32(255.0)
+    alpha = alpha.astype(np.float32)
+    if _PARALLEL_PID not in (None, os.getpid()):
+        fg = _estimate_in_subprocess(image, alpha)
+    else:
+        from pymatting import estimate_foreground_ml  # imported here: numba start-up is slow
+        _PARALLEL_PID = os.getpid()
+        fg = estimate_foreground_ml(image, alpha)
     return np.clip(fg * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _estimate_in_subprocess(image, alpha):
+    with tempfile.TemporaryDirectory() as folder:
+        np.save(os.path.join(folder, "rgb.npy"), image)
+        np.save(os.path.join(folder, "alpha.npy"), alpha)
+        subprocess.run([sys.executable, "-c", _SUBPROCESS_CODE, folder], check=True, capture_output=True)
+        return np.load(os.path.join(folder, "fg.npy"))
 
 
 def default_cache_dir(root):
@@ -137,7 +166,10 @@ class ForegroundCache:
             if alpha.shape != rgb.shape[:2]:
                 raise ImageReadError(pair.mask, f"size {alpha.shape[1]}x{alpha.shape[0]} differs from its "
                                                 f"photo's {rgb.shape[1]}x{rgb.shape[0]}")
-            fg = (self.estimator or estimate_foreground)(rgb, alpha)
+            try:
+                fg = (self.estimator or estimate_foreground)(rgb, alpha)
+            except subprocess.CalledProcessError as err:
+                raise ImageReadError(pair.photo, f"foreground estimation failed: {err.stderr[-500:]!r}") from err
         work = self._work_copy(fg, alpha) if work_path else None
         try:
             if fresh:

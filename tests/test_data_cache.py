@@ -130,3 +130,17 @@ def test_pair_is_keyed_by_relative_name(tmp_path):
     a = cache.paths(Pair(str(photo), str(mask), "cat/raw_image/p.jpg"))
     b = cache.paths(Pair(str(photo), str(mask), "cat/raw_image/q.jpg"))
     assert a[0] != b[0] and a[1] is None
+
+
+def test_stale_entry_in_a_forked_worker_is_estimated_safely(make_paixin, tmp_path):
+    """pymatting's OpenMP threads make a forked child abort if it runs them again: the
+    worker estimates in a fresh subprocess instead."""
+    from torch.utils.data import DataLoader
+    root, cache = make_paixin(per_category=2, val=1), str(tmp_path / "cache")
+    ds = build(root, cache)  # this process ran pymatting (OpenMP) just now
+    pair = ds.pairs[0]
+    stat = os.stat(pair.photo)
+    os.utime(pair.photo, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
+    batches = list(DataLoader(ds, batch_size=1, num_workers=1, multiprocessing_context="fork"))
+    assert len(batches) == len(ds) and [b["index"].item() for b in batches] == list(range(len(ds)))
+    assert ds.cache.is_fresh(pair)
