@@ -1,42 +1,215 @@
-"""One inference function for apply.py, test_stage2.py and validation, so all three agree.
+"""One inference path for apply.py, test_stage2.py and validation, so all three agree.
 
-Resize policy: every image is resized to ``size x size`` (aspect ratio not kept), as the
-original U-2-Net test script does; fixed-size inputs batch images of any sizes together, and the
-fused alpha is resized back to each image's own resolution.
+``predict_alphas(model, images)`` is the one-call form; apply.py streams the same three steps
+(``preprocess`` -> ``run_network`` -> ``alpha_to_size``) with decoding and writing in threads.
+At the same batch size and device the two give bit-identical alphas.
+
+Resize policy (``resize="square"``, the default): every photo is resized to ``size x size``
+(aspect ratio not kept), as the original U-2-Net test script does (its released weights were
+trained on such squashed 320x320 images). A fixed input shape batches photos of any sizes
+together and costs the same for every photo (U2NET: 117 GFLOP at 320). ``resize="short_side"``
+instead scales the short side to ``size`` and keeps the aspect ratio, which is the scale this
+project's training transforms show the network (short side 320, then a 288 crop); it costs
+``long/short`` times more (1.33x for a 3:4 photo) and only photos of the same shape batch
+together. Shrinking uses area interpolation, enlarging bilinear, as the training transforms.
+The network's fused output is returned as it is: never min-max normalised.
+
+Speed: ``prepare_model`` folds each BatchNorm into its convolution and, on CPUs, runs each
+convolution + ReLU as one fused oneDNN call, channels-last (about 7 % faster and one activation
+tensor smaller than the plain model; outputs equal the plain model's to ~1e-7).
+``predict_alphas`` runs such a prepared copy too (made once and reused while the weights do
+not change), so apply.py, test_stage2.py and validation agree exactly.
 """
-import numpy as np
+import copy
+import weakref
+
 import cv2
+import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+from .blocks import REBNCONV
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+RESIZE_POLICIES = ("square", "short_side")
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def preprocess(image, size):
-    """uint8 RGB (H,W,3) -> float32 (3,size,size), /255 then ImageNet-normalised."""
-    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if min(image.shape[:2]) > size else cv2.INTER_LINEAR)
-    x = (resized.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return x.transpose(2, 0, 1)
+def network_input_size(height, width, size=320, resize="square"):
+    """(height, width) of the network input for a ``height x width`` photo."""
+    if resize == "square":
+        return size, size
+    if resize == "short_side":
+        scale = size / min(height, width)
+        return max(size, round(height * scale)), max(size, round(width * scale))
+    raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
+
+
+def _resize(array, out_h, out_w):
+    h, w = array.shape[:2]
+    if (h, w) == (out_h, out_w):
+        return array
+    shrink = out_h < h and out_w < w
+    return cv2.resize(array, (out_w, out_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def preprocess(image, size=320, resize="square"):
+    """uint8 RGB (H,W,3) -> float32 (3,h,w) network input: resized (see the module docstring),
+    /255, ImageNet mean/std normalised."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a uint8 (H,W,3) RGB image, got {image.dtype} {image.shape}")
+    small = _resize(image, *network_input_size(*image.shape[:2], size=size, resize=resize))
+    x = (small.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+class FusedConvReLU(nn.Module):
+    """REBNCONV for inference: conv with the BatchNorm folded in, then ReLU; one oneDNN call
+    (``mkldnn::_convolution_pointwise``) on CPUs where it exists."""
+
+    def __init__(self, block, fused_op):
+        super().__init__()
+        conv, bn = block.conv_s1, block.bn_s1
+        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                            bn.eps, bn.weight, bn.bias)
+        self.weight = nn.Parameter(weight.detach(), requires_grad=False)
+        self.bias = nn.Parameter(bias.detach(), requires_grad=False)
+        self.padding, self.dilation = list(conv.padding), list(conv.dilation)
+        self.fused_op = fused_op
+
+    def forward(self, x):
+        if self.fused_op and x.device.type == "cpu":
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, self.weight, self.bias, self.padding, [1, 1], self.dilation, 1, "relu", [], "")
+        return F.relu(F.conv2d(x, self.weight, self.bias, 1, self.padding, self.dilation), inplace=True)
+
+
+def _fused_op_available():
+    try:
+        x = torch.zeros(1, 1, 4, 4)
+        torch.ops.mkldnn._convolution_pointwise(x, torch.zeros(1, 1, 3, 3), None, [1, 1], [1, 1], [1, 1], 1,
+                                                "relu", [], "")
+        return True
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+@torch.no_grad()
+def prepare_model(model, device="cpu", precision="fp32"):
+    """Ready ``model`` (U2NET/U2NETP) for inference, in place, and return it.
+
+    eval mode, no gradients; every conv-BatchNorm-ReLU block folded into one ``FusedConvReLU``
+    (BatchNorm running statistics used); channels-last; moved to ``device``; weights cast to
+    bf16/fp16 for those precisions. Afterwards the model is for inference only (its
+    state_dict has no BatchNorm entries). Other modules are kept as they are.
+    """
+    device = torch.device(device)
+    fused_op = (device.type == "cpu" and _fused_op_available()
+                and (precision == "fp32" or cpu_supports_bf16()))  # oneDNN refuses emulated bf16
+    blocks = [(name, module) for name, module in model.named_modules() if isinstance(module, REBNCONV)]
+    for name, block in blocks:
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, FusedConvReLU(block, fused_op))
+    for module in model.modules():  # also when re-preparing a prepared model for another precision
+        if isinstance(module, FusedConvReLU):
+            module.fused_op = fused_op
+    model.eval().requires_grad_(False)
+    dtype = _DTYPES[precision] or torch.float32
+    model.to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    model._prepared_for = (str(device), precision)
+    return model
+
+
+def cpu_supports_bf16():
+    """True where oneDNN runs bf16 natively (AVX512-BF16 or AMX); elsewhere it is emulated."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def check_precision(device, precision):
+    """Raise ValueError for a precision the device cannot run; returns a warning string or None."""
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if device.type == "cpu":
+        if precision == "fp16":
+            raise ValueError("fp16 needs a CUDA device; on a CPU use --precision bf16 (or fp32)")
+        if precision == "bf16" and not cpu_supports_bf16():
+            return ("this CPU has no native bf16 (avx512_bf16 or amx): bf16 would be emulated, "
+                    "some 15x slower than fp32")
+    elif device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"{device} does not support bf16; use --precision fp16 or fp32")
+    return None
 
 
 @torch.inference_mode()
-def predict_alphas(model, images, size=320, device="cpu", precision="fp32", batch_size=4):
-    """Alpha mattes for ``images`` (list of uint8 RGB (H,W,3)) -> list of float32 (H,W) in [0,1].
+def run_network(model, batch):
+    """batch: float32 (B,3,h,w) tensor on the device of ``model`` (made by ``prepare_model``)
+    -> fused alpha, float32 (B,h,w) in [0,1] on the CPU. The input is cast to the model's
+    precision; the final sigmoid is taken in float32."""
+    dtype = next(model.parameters()).dtype
+    batch = batch.to(dtype=dtype, memory_format=torch.channels_last)
+    return torch.sigmoid(model.forward_logits(batch)[0].float())[:, 0].cpu()
 
-    The fused output of the network, resized to each image's resolution; never min-max
-    normalised.
+
+def alpha_to_size(alpha, height, width):
+    """float32 (h,w) network alpha -> float32 (height,width) in [0,1], bilinear (area when
+    shrinking)."""
+    return np.clip(_resize(np.asarray(alpha, dtype=np.float32), height, width), 0.0, 1.0)
+
+
+_PREPARED = weakref.WeakKeyDictionary()  # model -> (key, prepared copy); one entry per model
+
+
+def _unwrap(model):
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def prepared(model, device="cpu", precision="fp32"):
+    """``model`` itself if ``prepare_model`` made it for this device and precision, else a
+    prepared copy, reused until any weight or BatchNorm statistic of ``model`` changes."""
+    model = _unwrap(model)
+    if getattr(model, "_prepared_for", None) == (str(torch.device(device)), precision):
+        return model
+    tensors = model.state_dict(keep_vars=True).values()
+    key = (str(device), precision, tuple((t.data_ptr(), t._version) for t in tensors))
+    entry = _PREPARED.get(model)
+    if entry is None or entry[0] != key:
+        _PREPARED.pop(model, None)  # free the stale copy before making the new one
+        entry = (key, prepare_model(copy.deepcopy(model), device, precision))
+        _PREPARED[model] = entry
+    return entry[1]
+
+
+def predict_alphas(model, images, size=320, device="cpu", precision="fp32", batch_size=4, resize="square"):
+    """Alpha mattes of ``images`` at their own resolution.
+
+    images: list of uint8 RGB (H,W,3) arrays, any sizes. Returns a list of float32 (H,W) in
+    [0,1]: the network's fused output, resized back, never min-max normalised. BatchNorm uses
+    its running statistics (eval mode) whatever ``model.training`` says; ``model`` itself is not
+    changed: a copy made by ``prepare_model`` runs (kept for the next call while the weights
+    stay the same; pass a model from ``prepare_model`` to avoid the copy). Consecutive images
+    with the same network input shape are batched, ``batch_size`` at most.
+
+    >>> alphas = predict_alphas(load_model("best.pth"), [read_rgb("photo.jpg")])
     """
     device = torch.device(device)
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    check_precision(device, precision)  # raises for an impossible pair; emulated bf16 is allowed
+    net = prepared(model, device, precision)
     alphas = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        x = torch.from_numpy(np.stack([preprocess(im, size) for im in chunk])).to(device)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            fused = model(x)[0]
-        fused = fused.float().clamp_(0, 1).cpu().numpy()[:, 0]
-        for alpha, image in zip(fused, chunk):
-            h, w = image.shape[:2]
-            alphas.append(cv2.resize(alpha, (w, h), interpolation=cv2.INTER_LINEAR))
+    inputs = [preprocess(image, size, resize) for image in images]
+    start = 0
+    while start < len(images):
+        stop = start + 1
+        while stop < len(images) and stop - start < batch_size and inputs[stop].shape == inputs[start].shape:
+            stop += 1
+        batch = torch.from_numpy(np.stack(inputs[start:stop])).to(device)
+        for alpha, image in zip(run_network(net, batch).numpy(), images[start:stop]):
+            alphas.append(alpha_to_size(alpha, *image.shape[:2]))
+        start = stop
     return alphas

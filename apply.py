@@ -1,0 +1,123 @@
+"""Matte a folder of photos: alpha mattes, clean cut-outs and composites, at full resolution.
+
+    python apply.py --input photos/ --output results_apply/
+    python apply.py --input photos/ --recursive --input "more/*.jpg" --output out \\
+        --outputs alpha,cutout,composite --background "#00ff00" --model best.pth
+    python apply.py --input photos/ --output out --outputs alpha --precision bf16   # AVX512-BF16/AMX CPU
+
+Each kind goes to its own folder: ``<output>/alpha/<name>.png`` (8-bit), ``cutout/`` (RGBA,
+foreground colours estimated with pymatting, so hair keeps no fringe of the old background),
+``composite/`` (over ``--background``, a colour or an image scaled to cover the photo). Names
+keep the input's sub-folders (relative to the folder or glob given) and stem. Existing outputs
+are kept unless ``--overwrite``. Unreadable files are reported by name and skipped; the exit
+status is 1 when any input failed. Without ``--model``: the best weights of the newest stage-2
+run (``results_stage2/<run>/model/best.pth``), else of stage 1.
+
+Network input: each photo resized to ``--size`` x ``--size`` (default 320, aspect not kept), as
+the original U-2-Net test script; ``--resize short_side`` keeps the aspect ratio (the scale
+this project trains at) for 1.33x the compute on 3:4 photos. See model/inference.py.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, REPO)
+
+from model import CheckpointError, load_model  # noqa: E402
+from model.inference import PRECISIONS, RESIZE_POLICIES  # noqa: E402
+from utils.device import resolve_device  # noqa: E402
+from utils.matting import OUTPUT_KINDS, collect_inputs, find_newest_weights, matte_files, parse_background  # noqa: E402
+
+NO_MODEL = """no model found: pass --model FILE (U2NET or U2NETP weights, e.g. the original
+U-2-Net's u2net.pth or a results_stage*/<run>/model/best.pth), or train one:
+    python train_stage1.py      # AISegment portraits -> results_stage1/<run>/model/best.pth
+    python train_stage2.py      # easy-to-hard composites -> results_stage2/<run>/model/best.pth
+apply.py then picks the newest stage-2 (else stage-1) best.pth by itself."""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", action="append", required=True, metavar="PATH",
+                   help="an image, a folder or a glob (quote it); repeatable")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
+    p.add_argument("--model", metavar="FILE", help="weights (default: newest results_stage2/1 best.pth)")
+    p.add_argument("--outputs", default="alpha,cutout",
+                   help=f"comma-separated subset of {','.join(OUTPUT_KINDS)} (default: alpha,cutout)")
+    p.add_argument("--background", default="#ffffff",
+                   help="composite background: a colour (#00ff00, white) or an image (default: #ffffff)")
+    p.add_argument("--size", type=int, default=320, help="network input size (default: 320)")
+    p.add_argument("--resize", choices=RESIZE_POLICIES, default="square",
+                   help="square: size x size, as the original U-2-Net; short_side: keep the aspect ratio")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32; bf16 (CUDA, or CPUs with AVX512-BF16/AMX); fp16 (CUDA)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per network call (default: 1 on CPU, 8 on CUDA)")
+    p.add_argument("--workers", type=int, default=2, help="decoding threads (default: 2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for the network on a CPU (default: PyTorch's, the core count)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def resolve_model_path(path):
+    """--model as given, else the newest best.pth of stage 2, else of stage 1; None if none."""
+    if path:
+        return path
+    return find_newest_weights(roots=(os.getcwd(), REPO))
+
+
+def main(argv=None):
+    """Run apply.py with ``argv``; returns the exit status (0 all done, 1 a failure)."""
+    args = parse_args(argv)
+    start = time.perf_counter()
+    outputs = tuple(k.strip() for k in args.outputs.split(",") if k.strip())
+    try:
+        unknown = [k for k in outputs if k not in OUTPUT_KINDS]
+        if not outputs or unknown:
+            raise ValueError(f"--outputs {args.outputs!r}: expected a subset of {','.join(OUTPUT_KINDS)}")
+        if os.path.exists(args.output) and not os.path.isdir(args.output):
+            raise ValueError(f"--output {args.output}: exists and is not a folder")
+        background = parse_background(args.background) if "composite" in outputs else None
+        device = resolve_device(args.device)
+        batch_size = args.batch_size or (8 if device.type == "cuda" else 1)
+        model_path = resolve_model_path(args.model)
+        if model_path is None:
+            raise ValueError(NO_MODEL)
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        model = load_model(model_path, device=device)
+    except (ValueError, CheckpointError) as err:  # CheckpointError and ImageReadError are ValueErrors
+        print(f"apply.py: error: {err}", file=sys.stderr)
+        return 2
+
+    files, problems = collect_inputs(args.input, recursive=args.recursive, exclude=args.output)
+    for spec, reason in problems:
+        print(f"failed: --input {spec}: {reason}", file=sys.stderr)
+    if not args.quiet:
+        print(f"{len(files)} images, model {model_path}, {device}, {args.precision}, batch {batch_size}",
+              file=sys.stderr)
+    try:
+        report = matte_files(model, files, args.output, outputs=outputs, background=background,
+                             size=args.size, resize=args.resize, device=device, precision=args.precision,
+                             batch_size=batch_size, workers=args.workers, overwrite=args.overwrite,
+                             progress=not args.quiet)
+    except ValueError as err:  # up-front checks (size, precision, batch size)
+        print(f"apply.py: error: {err}", file=sys.stderr)
+        return 2
+    report.failed.extend((f"--input {spec}", reason) for spec, reason in problems)
+    print(f"apply.py: {report.summary()}; {time.perf_counter() - start:.1f} s in all; outputs in {args.output}")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

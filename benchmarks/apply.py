@@ -1,0 +1,329 @@
+"""Benchmark apply.py against the original U-2-Net test script, whole process, in one run.
+
+    python benchmarks/apply.py                      # 19 synthetic 1080x1440 JPEGs, random U2NET
+    python benchmarks/apply.py --input DIR --repeats 3 --configs fp32,bf16 --batch-sizes 1,4
+
+Each configuration runs as its own child process (``python apply.py ...``, or this file with
+``--run-original``), ``--repeats`` times, interleaved; the table gives the median wall time,
+images/s and peak memory of the child (its own peak RSS, from ``wait4``, and the peak
+proportional set size of its whole process tree, sampled every 0.1 s, so DataLoader workers
+count too), then the ratio to the original's images/s. bf16 alphas are compared with the fp32
+ones (mean absolute difference, in 1/255 units).
+
+The original (xuebinqin/U-2-Net ``u2net_test.py``), restated faithfully in ``run_original``:
+``SalObjDataset`` + ``RescaleT(320)`` (skimage ``transform.resize`` to 320x320, float64) +
+``ToTensorLab(flag=0)`` (/max, ImageNet mean/std in float64) through a ``DataLoader`` (batch 1,
+one worker); the literal original network (``tests/reference_u2net.py``); no ``no_grad`` (the
+original wraps inputs in ``Variable``, a no-op, so autograd records the forward); ``normPRED``
+min-max; the prediction resized back with PIL bilinear after re-reading the photo with skimage,
+saved as an RGB PNG. No real weights can be downloaded here, so both use the same random-init
+U2NET weights, saved to a temporary file.
+"""
+import argparse
+import glob
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------- the original test script
+def run_original(input_dir, model_path, output_dir, size=320):
+    """``u2net_test.py`` of the original repository, with its data pipeline, for one folder."""
+    import torch
+    from skimage import io, transform
+    from torch.utils.data import DataLoader, Dataset
+    from PIL import Image
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from reference_u2net import U2NET
+
+    class SalObjDataset(Dataset):
+        def __init__(self, img_name_list):
+            self.image_name_list = img_name_list
+
+        def __len__(self):
+            return len(self.image_name_list)
+
+        def __getitem__(self, idx):
+            image = io.imread(self.image_name_list[idx])
+            label = np.zeros(image.shape)[:, :, 0]  # no labels at test time, as the original
+            image = image[:, :, :3] if image.ndim == 3 else np.stack([image] * 3, axis=2)
+            # RescaleT(320)
+            img = transform.resize(image, (size, size), mode="constant")
+            lbl = transform.resize(label[:, :, None], (size, size), mode="constant", order=0, preserve_range=True)
+            # ToTensorLab(flag=0)
+            tmp = np.zeros((img.shape[0], img.shape[1], 3))
+            img = img / np.max(img)
+            tmp[:, :, 0] = (img[:, :, 0] - 0.485) / 0.229
+            tmp[:, :, 1] = (img[:, :, 1] - 0.456) / 0.224
+            tmp[:, :, 2] = (img[:, :, 2] - 0.406) / 0.225
+            return {"imidx": torch.from_numpy(np.array([idx])), "image": torch.from_numpy(tmp.transpose((2, 0, 1))),
+                    "label": torch.from_numpy(lbl.transpose((2, 0, 1)))}
+
+    def norm_pred(d):
+        ma, mi = torch.max(d), torch.min(d)
+        return (d - mi) / (ma - mi)
+
+    def save_output(image_name, pred, d_dir):
+        predict_np = pred.squeeze().cpu().data.numpy()
+        im = Image.fromarray(predict_np * 255).convert("RGB")
+        image = io.imread(image_name)
+        imo = im.resize((image.shape[1], image.shape[0]), resample=Image.BILINEAR)
+        stem = os.path.splitext(os.path.basename(image_name))[0]
+        imo.save(os.path.join(d_dir, stem + ".png"))
+
+    os.makedirs(output_dir, exist_ok=True)
+    img_name_list = sorted(glob.glob(os.path.join(input_dir, "*")))
+    loader = DataLoader(SalObjDataset(img_name_list), batch_size=1, shuffle=False, num_workers=1)
+    net = U2NET(3, 1)
+    net.load_state_dict(torch.load(model_path, map_location="cpu"))
+    net.eval()
+    for i_test, data_test in enumerate(loader):
+        inputs_test = data_test["image"].type(torch.FloatTensor)  # Variable(...) is a no-op today
+        d1, d2, d3, d4, d5, d6, d7 = net(inputs_test)
+        pred = norm_pred(d1[:, 0, :, :])
+        save_output(img_name_list[i_test], pred, output_dir)
+        del d1, d2, d3, d4, d5, d6, d7
+
+
+# ---------------------------------------------------------------- inputs
+def make_photos(folder, count=19, seed=0):
+    """``count`` synthetic photo-like JPEGs (textured background, a lit figure, sensor noise):
+    mostly 1080x1440 portraits, some 1440x1080 landscapes, quality 92 (~0.4 MB each)."""
+    import cv2
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    for i in range(count):
+        w, h = (1440, 1080) if i % 5 == 4 else (1080, 1440)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        base = rng.uniform(40, 220, size=3).astype(np.float32)
+        img = base + 40 * np.sin(xx[..., None] / rng.uniform(60, 200) + rng.uniform(0, 6, 3))
+        img += 30 * np.cos(yy[..., None] / rng.uniform(80, 300))
+        blobs = cv2.GaussianBlur(rng.normal(0, 60, (h // 8, w // 8, 3)).astype(np.float32), (0, 0), 3)
+        img += cv2.resize(blobs, (w, h), interpolation=cv2.INTER_CUBIC)
+        cx, cy = w * rng.uniform(0.4, 0.6), h * rng.uniform(0.35, 0.45)
+        person = (((xx - cx) / (0.18 * w)) ** 2 + ((yy - cy) / (0.12 * h)) ** 2 < 1) | (
+            (np.abs(xx - cx) < 0.3 * w) & (yy > cy + 0.1 * h))
+        img[person] = rng.uniform(60, 200, size=3) + 0.3 * img[person]
+        img += rng.normal(0, 6, img.shape)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(os.path.join(folder, f"photo_{i:02d}.jpg"), quality=92)
+
+
+def save_random_weights(path, arch="u2net", seed=0):
+    import torch
+    sys.path.insert(0, REPO)
+    from model import build_model
+    torch.manual_seed(seed)
+    torch.save(build_model(arch).state_dict(), path)
+
+
+# ---------------------------------------------------------------- measuring a child process
+def _tree_pss_kb(pid):
+    """Proportional set size (kB) of ``pid`` and all its descendants, from /proc."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
+def measure(cmd, env=None):
+    """Run ``cmd``; return (wall seconds, peak RSS of the child MB, peak tree PSS MB)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.1):
+            peak[0] = max(peak[0], _tree_pss_kb(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output}")
+    return wall, usage.ru_maxrss / 1024, peak[0] / 1024
+
+
+def cpu_has_bf16():
+    import torch
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def mean_abs_diff(dir_a, dir_b):
+    """Mean |a - b| over all PNGs of the same name, in 1/255 units."""
+    import cv2
+    diffs = []
+    for path in sorted(glob.glob(os.path.join(dir_a, "*.png"))):
+        a = cv2.imread(path, cv2.IMREAD_GRAYSCALE).astype(np.float32)
+        b = cv2.imread(os.path.join(dir_b, os.path.basename(path)), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+        diffs.append(np.abs(a - b).mean())
+    return float(np.mean(diffs))
+
+
+def bf16_accuracy(input_dir, model_path, size, count):
+    """Mean |alpha_bf16 - alpha_fp32| (1/255 units, 8-bit alphas) on ``count`` photos, in
+    process; where bf16 is not native it is emulated (slow), but the numbers are the same."""
+    sys.path.insert(0, REPO)
+    from data_loader.image_io import read_rgb
+    from model import load_model
+    from model.inference import predict_alphas
+    from utils.matting import alpha_to_uint8
+    images = [read_rgb(p) for p in sorted(glob.glob(os.path.join(input_dir, "*")))[:count]]
+    model = load_model(model_path)
+    fp32 = predict_alphas(model, images, size=size, batch_size=1)
+    bf16 = predict_alphas(model, images, size=size, precision="bf16", batch_size=1)
+    del model
+    return float(np.mean([np.abs(alpha_to_uint8(a).astype(np.float32) - alpha_to_uint8(b)).mean()
+                          for a, b in zip(fp32, bf16)]))
+
+
+def stage_times(input_dir, model_path, size, count=4):
+    """Where the time of one photo goes (seconds, medians), in process, one thing at a time."""
+    import torch
+    sys.path.insert(0, REPO)
+    from data_loader.image_io import read_rgb
+    from model import load_model
+    from model.inference import alpha_to_size, prepare_model, preprocess, run_network
+    from utils.matting import alpha_to_uint8, write_png
+    t0 = time.perf_counter()
+    model = prepare_model(load_model(model_path))
+    times = {"load + prepare model": [time.perf_counter() - t0]}
+    out = tempfile.mkdtemp(prefix="bench_stage_")
+    for i, path in enumerate(sorted(glob.glob(os.path.join(input_dir, "*")))[:count]):
+        marks = [time.perf_counter()]
+        image = read_rgb(path)
+        marks.append(time.perf_counter())
+        x = torch.from_numpy(preprocess(image, size))[None]
+        marks.append(time.perf_counter())
+        small = run_network(model, x)[0].numpy()
+        marks.append(time.perf_counter())
+        alpha = alpha_to_uint8(alpha_to_size(small, *image.shape[:2]))
+        marks.append(time.perf_counter())
+        write_png(os.path.join(out, f"{i}.png"), alpha)
+        marks.append(time.perf_counter())
+        for name, a, b in zip(("decode", "resize + normalise", "network", "alpha to full size", "write PNG"),
+                              marks, marks[1:]):
+            times.setdefault(name, []).append(b - a)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", help="folder of photos (default: 19 synthetic 1080x1440 JPEGs)")
+    parser.add_argument("--model", help="weights (default: random-init U2NET saved to a temp file)")
+    parser.add_argument("--size", type=int, default=320)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--configs", default="fp32,bf16", help="precisions to run apply.py with")
+    parser.add_argument("--batch-sizes", default="1", help="comma-separated, e.g. 1,4")
+    parser.add_argument("--workers", type=int, default=None, help="apply.py --workers")
+    parser.add_argument("--no-original", action="store_true", help="skip the original script")
+    parser.add_argument("--threads", type=int, default=None, help="apply.py --threads")
+    parser.add_argument("--stages", action="store_true", help="also time each step of one photo, in process")
+    parser.add_argument("--bf16-check", type=int, default=2, metavar="N",
+                        help="where bf16 is not native, compare bf16 with fp32 alphas on N photos in process")
+    parser.add_argument("--run-original", nargs=3, metavar=("INPUT", "MODEL", "OUTPUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run_original:
+        return run_original(*args.run_original, size=args.size)
+
+    tmp = tempfile.mkdtemp(prefix="bench_apply_")
+    input_dir = args.input or os.path.join(tmp, "photos")
+    if not args.input:
+        make_photos(input_dir)
+    model_path = args.model or os.path.join(tmp, "u2net_random.pth")
+    if not args.model:
+        save_random_weights(model_path)
+    n_images = len([p for p in os.listdir(input_dir) if not p.startswith(".")])
+
+    precisions = [p for p in args.configs.split(",") if p]
+    emulated_bf16 = "bf16" in precisions and not cpu_has_bf16()
+    if emulated_bf16:
+        precisions.remove("bf16")
+        print("note: this CPU has no native bf16 (avx512_bf16 / amx): apply.py refuses bf16 here, "
+              "so bf16 is timed only where native; its accuracy is checked in process")
+    runs = []  # (label, command, output dir)
+    if not args.no_original:
+        out = os.path.join(tmp, "out_original")
+        runs.append(("original u2net_test.py", [sys.executable, os.path.abspath(__file__), "--size", str(args.size),
+                                                 "--run-original", input_dir, model_path, out], out))
+    for precision in precisions:
+        for bs in [int(b) for b in args.batch_sizes.split(",")]:
+            out = os.path.join(tmp, f"out_{precision}_bs{bs}")
+            cmd = [sys.executable, os.path.join(REPO, "apply.py"), "--input", input_dir, "--output", out,
+                   "--model", model_path, "--outputs", "alpha", "--size", str(args.size), "--device", "cpu",
+                   "--precision", precision, "--batch-size", str(bs), "--overwrite", "--quiet"]
+            if args.workers is not None:
+                cmd += ["--workers", str(args.workers)]
+            if args.threads is not None:
+                cmd += ["--threads", str(args.threads)]
+            runs.append((f"apply.py {precision} batch {bs}", cmd, out))
+
+    results = {label: [] for label, _, _ in runs}
+    env = dict(os.environ, PYTHONPATH=REPO)
+    for repeat in range(args.repeats):
+        for label, cmd, _ in runs:
+            wall, rss, pss = measure(cmd, env)
+            results[label].append((wall, rss, pss))
+            print(f"  run {repeat + 1}/{args.repeats} {label}: {wall:.2f} s, peak RSS {rss:.0f} MB, "
+                  f"tree PSS {pss:.0f} MB", flush=True)
+
+    print(f"\n{n_images} images, {args.size}x{args.size}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
+          f"medians of {args.repeats} runs")
+    print(f"{'configuration':<28}{'wall s':>8}{'images/s':>10}{'x orig':>8}{'peak RSS MB':>13}{'tree PSS MB':>13}")
+    base = None
+    for label, _, _ in runs:
+        wall = statistics.median(r[0] for r in results[label])
+        rss = statistics.median(r[1] for r in results[label])
+        pss = statistics.median(r[2] for r in results[label])
+        ips = n_images / wall
+        base = base or (ips if label.startswith("original") else None)
+        ratio = f"{ips / base:.2f}" if base else "-"
+        print(f"{label:<28}{wall:>8.2f}{ips:>10.3f}{ratio:>8}{rss:>13.0f}{pss:>13.0f}")
+    fp32 = [out for label, _, out in runs if "fp32" in label]
+    for label, _, out in runs:
+        if fp32 and "fp32" not in label and not label.startswith("original"):
+            print(f"mean |alpha({label}) - alpha(fp32)| = {mean_abs_diff(out, fp32[0]):.3f} / 255")
+    if emulated_bf16 and args.bf16_check:
+        diff = bf16_accuracy(input_dir, model_path, args.size, args.bf16_check)
+        print(f"mean |alpha(bf16, emulated) - alpha(fp32)| on {args.bf16_check} photos = {diff:.3f} / 255")
+    if args.stages:
+        print("one photo, in process (medians):")
+        for name, seconds in stage_times(input_dir, model_path, args.size).items():
+            print(f"  {name:<24}{seconds * 1000:9.1f} ms")
+    print(f"files kept in {tmp}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
