@@ -1,0 +1,36 @@
+"""Two-process DDP on the CPU (gloo) through torchrun: one epoch of stage 2, rank 0 writes."""
+import csv
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FOREGROUNDS = os.path.join(ROOT, "data_examples", "paixin_comp_mod")
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is needed")
+def test_torchrun_two_processes_gloo(tmp_path):
+    settings = ["device=cpu", "arch=u2netp", "model_name=u2netp", "image_size=64", "crop_size=48",
+                "batch_size=2", "image_num=7", "val_image_num=3", "dataloader.num_worker=0", "amp=off",
+                "epoch_num=1", "update_ratio_epoch=1", f"dataset_path={FOREGROUNDS}", f"results_dir={tmp_path}"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               os.path.join(ROOT, "train_stage2.py")] + [a for s in settings for a in ("--set", s)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = glob.glob(str(tmp_path / "u2net_stage2_*"))
+    assert len(runs) == 1, runs  # rank 0 alone made a results folder
+    run = runs[0]
+    with open(os.path.join(run, "train_log.csv"), newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["mix_ratio"]) == 0.0 and float(row["val_mad"]) > 0
+    ckpt = torch.load(os.path.join(run, "checkpoint.pth"), weights_only=True)
+    assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
+    assert not any(k.startswith(("module.", "net.")) for k in ckpt["model"])
+    assert os.path.isfile(os.path.join(run, "model", "best.pth"))
+    assert done.stdout.count("epoch 0: loss") == 1  # one summary line: rank 0 prints

@@ -1,0 +1,146 @@
+"""Training scripts end to end on data_examples/ (tiny: U2NETP, 64 px images, 48 px crops).
+
+One stage-1 epoch and three stage-2 epochs produce every file of the results contract; the
+stage-2 mix_ratio follows the e2h schedule with 2 DataLoader workers; saved weights load into
+the original U-2-Net code with the same outputs; starting weights and a NaN loss behave.
+"""
+import csv
+import glob
+import json
+import os
+
+import pytest
+import torch
+
+import train_stage1
+import train_stage2
+from model import CheckpointError, build_model, load_model
+from tests.reference_u2net import U2NETP as ReferenceU2NETP
+from utils.results import COLUMNS
+from utils.settings import build_settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AISEGMENT = os.path.join(ROOT, "data_examples", "AISegment")
+FOREGROUNDS = os.path.join(ROOT, "data_examples", "paixin_comp_mod")
+TINY = ["device=cpu", "arch=u2netp", "model_name=u2netp", "image_size=64", "crop_size=48", "batch_size=2",
+        "image_num=4", "val_image_num=2", "dataloader.num_worker=0", "amp=off", "seed=0"]
+
+
+def sets(*items):
+    return [arg for item in items for arg in ("--set", item)]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The test machine is small and shared: one intra-op thread is the fastest there."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def read_log(run_dir):
+    with open(os.path.join(run_dir, "train_log.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def check_results_contract(run_dir, epochs, model_name="u2netp"):
+    """Every file DESIGN.md's 'Results of a training run' lists, with the right contents."""
+    settings = json.load(open(os.path.join(run_dir, "settings.json")))
+    assert settings["arch"] == "u2netp" and settings["image_size"] == 64
+    rows = read_log(run_dir)
+    assert [int(r["epoch"]) for r in rows] == list(range(epochs))
+    assert tuple(rows[0]) == COLUMNS
+    assert all(float(r["val_mad"]) == pytest.approx(float(r["val_loss"])) for r in rows)
+    for epoch in range(epochs):
+        assert os.path.isfile(os.path.join(run_dir, "model", f"{model_name}_epoch{epoch}.pth"))
+        assert os.path.getsize(os.path.join(run_dir, "image", f"epoch{epoch}.png")) > 0
+    assert os.path.getsize(os.path.join(run_dir, "curves.png")) > 0
+    best = torch.load(os.path.join(run_dir, "model", "best.pth"), weights_only=True)
+    assert set(best) == set(build_model("u2netp").state_dict())  # plain: no module./_orig_mod.
+    ckpt = torch.load(os.path.join(run_dir, "checkpoint.pth"), weights_only=True)
+    assert ckpt["epoch"] == epochs - 1
+    assert {"model", "optimizer", "scheduler", "scaler", "best_mad", "rng", "e2h", "settings"} <= set(ckpt)
+    assert ckpt["best_mad"] == pytest.approx(min(float(r["val_mad"]) for r in rows))
+    assert not glob.glob(os.path.join(run_dir, "**", "*.tmp*"), recursive=True)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def stage1_run(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results_stage1")
+    torch.set_num_threads(1)
+    return train_stage1.main(sets(*TINY, "epoch_num=1", f"dataset_path={AISEGMENT}", f"results_dir={results}"))
+
+
+def test_stage1_one_epoch_writes_the_results_contract(stage1_run):
+    assert os.path.basename(stage1_run).startswith("u2net_stage1_")
+    rows = check_results_contract(stage1_run, epochs=1)
+    assert float(rows[0]["mix_ratio"]) == 1.0 and float(rows[0]["lr"]) == 1e-3
+    for column in COLUMNS[1:]:
+        assert float(rows[0][column]) == float(rows[0][column])  # not NaN
+
+
+def test_saved_weights_load_into_the_original_code_with_the_same_outputs(stage1_run):
+    path = os.path.join(stage1_run, "model", "u2netp_epoch0.pth")
+    ours = load_model(path)
+    original = ReferenceU2NETP(3, 1)
+    original.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    original.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(ours(x), original(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_stage2_three_epochs_with_workers_follow_the_e2h_schedule(stage1_run, tmp_path):
+    run = train_stage2.main(sets(*TINY, "epoch_num=3", "update_ratio_epoch=1", "e2h.schedule=step",
+                                 "dataloader.num_worker=2", "lr_schedule=seed", f"dataset_path={FOREGROUNDS}",
+                                 f"results_dir={tmp_path}", f"model_path={stage1_run}", "pth_name=best.pth"))
+    rows = check_results_contract(run, epochs=3)
+    # step schedule, update_ratio_epoch 1: r = 0, 0.1, 0.2 (measured from the batches)
+    assert [float(r["mix_ratio"]) for r in rows] == pytest.approx([0.0, 0.1, 0.2], abs=1e-6)
+    # seed lr: constant for 11 epochs (update_ratio_epoch 1) -> 1e-3 throughout
+    assert [float(r["lr"]) for r in rows] == [1e-3] * 3
+    ckpt = torch.load(os.path.join(run, "checkpoint.pth"), weights_only=True)
+    assert ckpt["e2h"]["ratio"] == pytest.approx(0.2) and ckpt["e2h"]["next_ratio"] == pytest.approx(0.3)
+
+
+def test_stage2_starting_weights(stage1_run, tmp_path, monkeypatch):
+    """Named weights; else the newest results_stage1/*/model/best.pth; else scratch, warned;
+    weights of another architecture are an error that says what to set."""
+    settings = build_settings("train_stage2", overrides=TINY + [f"dataset_path={FOREGROUNDS}"])
+    best = torch.load(os.path.join(stage1_run, "model", "best.pth"), weights_only=True)
+    monkeypatch.chdir(tmp_path)
+    net = build_model("u2netp")
+    with pytest.warns(UserWarning, match="from scratch"):
+        train_stage2.starting_weights(net, settings)
+    os.makedirs("results_stage1/run/model")
+    torch.save(best, "results_stage1/run/model/best.pth")
+    train_stage2.starting_weights(net, settings)
+    torch.testing.assert_close(net.state_dict(), best)
+    torch.save(build_model("u2net").state_dict(), "u2net.pth")
+    named = build_settings("train_stage2", overrides=TINY + [f"dataset_path={FOREGROUNDS}", "model_path=.",
+                                                             "pth_name=u2net.pth"])
+    with pytest.raises(CheckpointError, match="holds u2net weights, but the settings say arch='u2netp'"):
+        train_stage2.starting_weights(net, named)
+
+
+def test_nan_loss_stops_the_run_naming_epoch_and_step(tmp_path, monkeypatch):
+    from utils import losses
+    calls = {"n": 0}
+    real = losses.MattingLoss.forward
+
+    def nan_on_second_step(self, logits, alpha, unknown):
+        terms = real(self, logits, alpha, unknown)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            terms["total"] = terms["total"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(losses.MattingLoss, "forward", nan_on_second_step)
+    with pytest.raises(SystemExit, match="epoch 0, step 1: the training loss is nan"):
+        train_stage1.main(sets(*TINY, "epoch_num=1", f"dataset_path={AISEGMENT}", f"results_dir={tmp_path}"))
+    (run,) = glob.glob(os.path.join(tmp_path, "*"))
+    assert not os.path.exists(os.path.join(run, "checkpoint.pth"))
+    assert os.listdir(os.path.join(run, "model")) == []
