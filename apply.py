@@ -18,6 +18,7 @@ the original U-2-Net test script; ``--resize short_side`` keeps the aspect ratio
 this project trains at) for 1.33x the compute on 3:4 photos. See model/inference.py.
 """
 import argparse
+import ctypes
 import os
 import sys
 import time
@@ -67,6 +68,15 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def one_malloc_arena():
+    """glibc gives each decoding thread its own malloc arena, whose freed photos stay resident:
+    one shared arena keeps the peak ~40-90 MB lower (measured, alpha only, 1080x1440 photos)."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def resolve_model_path(path):
     """--model as given, else the newest best.pth of stage 2, else of stage 1; None if none."""
     if path:
@@ -100,6 +110,7 @@ def main(argv=None):
         print(f"apply.py: error: {err}", file=sys.stderr)
         return 2
 
+    one_malloc_arena()
     files, problems = collect_inputs(args.input, recursive=args.recursive, exclude=args.output)
     for spec, reason in problems:
         print(f"failed: --input {spec}: {reason}", file=sys.stderr)

@@ -4,10 +4,12 @@
     python benchmarks/apply.py --input DIR --repeats 3 --configs fp32,bf16 --batch-sizes 1,4
 
 Each configuration runs as its own child process (``python apply.py ...``, or this file with
-``--run-original``), ``--repeats`` times, interleaved; the table gives the median wall time,
-images/s and peak memory of the child (its own peak RSS, from ``wait4``, and the peak
-proportional set size of its whole process tree, sampled every 0.1 s, so DataLoader workers
-count too), then the ratio to the original's images/s. bf16 alphas are compared with the fp32
+``--run-original``), ``--repeats`` times, interleaved; the table gives medians of the wall
+time, images/s and its ratio to the original's, the CPU seconds (user + system, the child and
+its workers; less sensitive than wall time to other programs on a shared machine) and peak
+memory: the child's own peak RSS (from ``wait4``) and the peak proportional set size of its
+whole process tree, sampled every 0.1 s (so DataLoader workers count too; shared libraries
+count in part when other processes map them). bf16 alphas are compared with the fp32
 ones (mean absolute difference, in 1/255 units).
 
 The original (xuebinqin/U-2-Net ``u2net_test.py``), restated faithfully in ``run_original``:
@@ -114,7 +116,8 @@ def make_photos(folder, count=19, seed=0):
             (np.abs(xx - cx) < 0.3 * w) & (yy > cy + 0.1 * h))
         img[person] = rng.uniform(60, 200, size=3) + 0.3 * img[person]
         img += rng.normal(0, 6, img.shape)
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(os.path.join(folder, f"photo_{i:02d}.jpg"), quality=92)
+        path = os.path.join(folder, f"photo_{i:02d}.jpg")
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=92)
 
 
 def save_random_weights(path, arch="u2net", seed=0):
@@ -153,7 +156,8 @@ def _tree_pss_kb(pid):
 
 
 def measure(cmd, env=None):
-    """Run ``cmd``; return (wall seconds, peak RSS of the child MB, peak tree PSS MB)."""
+    """Run ``cmd``; return (wall s, peak RSS of the child MB, peak tree PSS MB, CPU s of the
+    child and its reaped descendants)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = [0]
@@ -173,7 +177,7 @@ def measure(cmd, env=None):
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output}")
-    return wall, usage.ru_maxrss / 1024, peak[0] / 1024
+    return wall, usage.ru_maxrss / 1024, peak[0] / 1024, usage.ru_utime + usage.ru_stime
 
 
 def cpu_has_bf16():
@@ -294,23 +298,23 @@ def main():
     env = dict(os.environ, PYTHONPATH=REPO)
     for repeat in range(args.repeats):
         for label, cmd, _ in runs:
-            wall, rss, pss = measure(cmd, env)
-            results[label].append((wall, rss, pss))
-            print(f"  run {repeat + 1}/{args.repeats} {label}: {wall:.2f} s, peak RSS {rss:.0f} MB, "
-                  f"tree PSS {pss:.0f} MB", flush=True)
+            wall, rss, pss, cpu = measure(cmd, env)
+            results[label].append((wall, rss, pss, cpu))
+            print(f"  run {repeat + 1}/{args.repeats} {label}: {wall:.2f} s, CPU {cpu:.1f} s, peak RSS {rss:.0f} MB, "
+                  f"tree PSS {pss:.0f} MB, load {os.getloadavg()[0]:.2f}", flush=True)
 
     print(f"\n{n_images} images, {args.size}x{args.size}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
           f"medians of {args.repeats} runs")
-    print(f"{'configuration':<28}{'wall s':>8}{'images/s':>10}{'x orig':>8}{'peak RSS MB':>13}{'tree PSS MB':>13}")
+    print(f"{'configuration':<26}{'wall s':>8}{'images/s':>10}{'x orig':>8}{'CPU s':>8}{'x orig':>8}"
+          f"{'peak RSS MB':>13}{'tree PSS MB':>13}")
     base = None
     for label, _, _ in runs:
-        wall = statistics.median(r[0] for r in results[label])
-        rss = statistics.median(r[1] for r in results[label])
-        pss = statistics.median(r[2] for r in results[label])
+        wall, rss, pss, cpu = (statistics.median(r[i] for r in results[label]) for i in range(4))
         ips = n_images / wall
-        base = base or (ips if label.startswith("original") else None)
-        ratio = f"{ips / base:.2f}" if base else "-"
-        print(f"{label:<28}{wall:>8.2f}{ips:>10.3f}{ratio:>8}{rss:>13.0f}{pss:>13.0f}")
+        base = base or ((ips, cpu) if label.startswith("original") else None)
+        ratio = f"{ips / base[0]:.2f}" if base else "-"
+        cpu_ratio = f"{base[1] / cpu:.2f}" if base else "-"
+        print(f"{label:<26}{wall:>8.2f}{ips:>10.3f}{ratio:>8}{cpu:>8.1f}{cpu_ratio:>8}{rss:>13.0f}{pss:>13.0f}")
     fp32 = [out for label, _, out in runs if "fp32" in label]
     for label, _, out in runs:
         if fp32 and "fp32" not in label and not label.startswith("original"):

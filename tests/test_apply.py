@@ -63,7 +63,8 @@ def run(weights, *args):
 
 
 def test_outputs_have_the_inputs_sizes_and_the_inference_functions_alpha(tmp_path, weights):
-    paths = [save(tmp_path / "in" / "a.jpg", photo(48, 40), quality=95), save(tmp_path / "in" / "b.png", photo(30, 70, 1))]
+    paths = [save(tmp_path / "in" / "a.jpg", photo(48, 40), quality=95),
+             save(tmp_path / "in" / "b.png", photo(30, 70, 1))]
     out = tmp_path / "out"
     assert run(weights, "--input", tmp_path / "in", "--output", out, "--outputs", "alpha,cutout,composite",
                "--background", "#00ff00") == 0
@@ -202,7 +203,8 @@ def test_no_model_gives_a_clear_message(tmp_path, monkeypatch, capsys):
 
 def test_default_model_is_the_newest_stage2_best(tmp_path):
     paths = {}
-    for stage, run_name, age in (("results_stage1", "r1", 0), ("results_stage2", "old", 100), ("results_stage2", "new", 50)):
+    runs = (("results_stage1", "r1", 0), ("results_stage2", "old", 100), ("results_stage2", "new", 50))
+    for stage, run_name, age in runs:
         path = tmp_path / stage / run_name / "model" / "best.pth"
         path.parent.mkdir(parents=True)
         path.write_bytes(b"x")
