@@ -1,8 +1,9 @@
 """Training-step speed on the CPU: channels-last and bf16 autocast against a plain fp32 NCHW step.
 
 One step = forward (logits), the L1 + unknown-band loss of utils/losses.py, backward and an Adam
-update, on a fixed random batch. Each mode is timed on a fresh copy of the same network; the
-figure is the median over ``--steps`` steps after ``--warmup`` steps.
+update, on a fixed random batch. Each mode trains its own copy of the same network; the modes
+take turns step by step (so a machine shared with other work slows them alike), and the figure
+is the median over ``--steps`` steps after ``--warmup`` steps.
 
     python benchmarks/train_step.py                          # U2NET and U2NETP, batch 4, 288 x 288
     python benchmarks/train_step.py --arch u2netp --steps 10 --threads 2
@@ -27,26 +28,29 @@ from utils.losses import matting_loss  # noqa: E402
 MODES = {"nchw-fp32": (False, None), "cl-fp32": (True, None), "cl-bf16": (True, torch.bfloat16)}
 
 
-def time_steps(net, batch, channels_last, dtype, steps, warmup):
-    """Seconds of each of ``steps`` training steps (after ``warmup`` untimed ones)."""
-    images, alpha, unknown = batch
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    net.train()
-    times = []
-    for i in range(warmup + steps):
+class Stepper:
+    """One training setup (network copy, memory format, autocast dtype, Adam) that times a step."""
+
+    def __init__(self, net, batch, channels_last, dtype):
+        self.images, self.alpha, self.unknown = batch
+        self.net, self.dtype = net, dtype
+        if channels_last:
+            self.net = net.to(memory_format=torch.channels_last)
+            self.images = self.images.contiguous(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=1e-3)
+        self.net.train()
+        self.times = []
+
+    def step(self, record=True):
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            logits = net.forward_logits(images)
-        loss = matting_loss(logits, alpha, unknown)["total"]
-        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=self.dtype, enabled=self.dtype is not None):
+            logits = self.net.forward_logits(self.images)
+        loss = matting_loss(logits, self.alpha, self.unknown)["total"]
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+        self.optimizer.step()
+        if record:
+            self.times.append(time.perf_counter() - start)
 
 
 def main(argv=None):
@@ -70,12 +74,13 @@ def main(argv=None):
     print(f"{'arch':8s} {'mode':10s} {'s/step':>8s} {'steps/s':>8s} {'vs nchw-fp32':>13s}")
     for arch in args.arch:
         base = build_model(arch)
-        baseline = None
-        for mode in args.modes:
-            channels_last, dtype = MODES[mode]
-            median = statistics.median(time_steps(copy.deepcopy(base), batch, channels_last, dtype,
-                                                  args.steps, args.warmup))
-            baseline = median if mode == "nchw-fp32" else baseline
+        steppers = {mode: Stepper(copy.deepcopy(base), batch, *MODES[mode]) for mode in args.modes}
+        for i in range(args.warmup + args.steps):  # modes take turns: a busy machine slows all alike
+            for stepper in steppers.values():
+                stepper.step(record=i >= args.warmup)
+        medians = {mode: statistics.median(stepper.times) for mode, stepper in steppers.items()}
+        baseline = medians.get("nchw-fp32")
+        for mode, median in medians.items():
             ratio = f"{baseline / median:.2f}x" if baseline else "-"
             print(f"{arch:8s} {mode:10s} {median:8.3f} {1 / median:8.3f} {ratio:>13s}", flush=True)
 

@@ -16,7 +16,7 @@ FOREGROUNDS = os.path.join(ROOT, "data_examples", "paixin_comp_mod")
                     reason="torch.distributed with gloo is needed")
 def test_torchrun_two_processes_gloo(tmp_path):
     settings = ["device=cpu", "arch=u2netp", "model_name=u2netp", "image_size=64", "crop_size=48",
-                "batch_size=2", "image_num=7", "val_image_num=3", "dataloader.num_worker=0", "amp=off",
+                "batch_size=2", "image_num=4", "val_image_num=3", "dataloader.num_worker=0", "amp=off",
                 "epoch_num=1", "update_ratio_epoch=1", f"dataset_path={FOREGROUNDS}", f"results_dir={tmp_path}"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                os.path.join(ROOT, "train_stage2.py")] + [a for s in settings for a in ("--set", s)]

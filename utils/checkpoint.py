@@ -11,7 +11,9 @@ Every file is written to a temporary name in the same folder and renamed over th
 """
 import glob
 import os
+import pickle
 import random
+import zipfile
 import warnings
 
 import numpy as np
@@ -108,8 +110,8 @@ def load_checkpoint(run_dir):
         raise CheckpointError(f"{path}: no checkpoint to resume from (the run finished no epoch?)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint: {err}") from err
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or damaged?): {err}") from err
     missing = {"model", "optimizer", "scheduler", "epoch"} - set(ckpt if isinstance(ckpt, dict) else ())
     if missing:
         raise CheckpointError(f"{path}: not a training checkpoint (missing {sorted(missing)})")

@@ -7,7 +7,6 @@ full resolution through ``model.inference.predict_alphas``, exactly as ``test_st
 ``apply.py`` predict. ``resume_training`` restores a run from its ``checkpoint.pth``.
 """
 import math
-import multiprocessing as mp
 import time
 from dataclasses import dataclass, field
 
@@ -105,14 +104,10 @@ def build_train_loader(dataset, settings, dist):
     sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
                                  seed=settings.seed)
     workers = settings.dataloader.num_worker
-    # Workers start from a fresh forkserver process, not a fork of this one: a fork inherits
-    # OpenCV's thread pool (used while building the foreground cache) in a broken state, and
-    # the worker's first OpenCV call then deadlocks.
-    context = "forkserver" if workers > 0 and "forkserver" in mp.get_all_start_methods() else None
     # Its own generator (worker base seeds): the global torch RNG stream stays the training's.
     generator = torch.Generator().manual_seed(settings.seed + dist.rank)
     return DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, num_workers=workers,
-                      multiprocessing_context=context, generator=generator,
+                      generator=generator,
                       pin_memory=settings.dataloader.pin_memory and dist.device.type == "cuda",
                       persistent_workers=settings.dataloader.persistent_workers and workers > 0,
                       drop_last=False)

@@ -1,7 +1,7 @@
 """Keep the training loop to the step itself: running averages, a progress bar and the CSV log.
 
-``MetricLogger`` holds named ``SmoothedValue``s (window median for the bar, exact global mean for
-the epoch's row, summed across processes at the end), and wraps the loader in a tqdm bar shown on
+``MetricLogger`` holds named ``SmoothedValue``s (window median for the bar, exact weighted mean
+for the epoch's row; the engine feeds it numbers already summed over the processes), and wraps the loader in a tqdm bar shown on
 the main process only. ``CSVLog`` appends one row per epoch to ``train_log.csv`` and, on resume,
 drops the rows of epochs that are about to be trained again.
 """
@@ -11,10 +11,8 @@ import math
 import os
 import sys
 
-import torch
 from tqdm import tqdm
 
-from .distributed import all_reduce_sum
 
 
 class SmoothedValue:
@@ -55,17 +53,6 @@ class MetricLogger:
         """Add ``values`` (floats or 0-d tensors), each weighted by ``n`` samples."""
         for name, value in values.items():
             self.meters[name].update(float(value), n)
-
-    def synchronize_between_processes(self, device):
-        """Sum every meter's total and count over the processes (the same names on every rank)."""
-        names = sorted(self.meters)
-        if not names:
-            return
-        stats = torch.tensor([[self.meters[k].total, self.meters[k].count] for k in names],
-                             dtype=torch.float64, device=device)
-        all_reduce_sum(stats)
-        for name, (total, count) in zip(names, stats.tolist()):
-            self.meters[name].total, self.meters[name].count = total, count
 
     def averages(self):
         return {name: meter.global_avg for name, meter in self.meters.items()}

@@ -59,7 +59,7 @@ def load_train_settings(script, argv=None, description=None):
 
 
 def create_run_dir(results_dir, project_name):
-    """Make ``<results_dir>/<project_name>_<YYYYmmdd_HHMMSS>[_k]/`` with ``model/`` and ``image/``."""
+    """Make a new ``<results_dir>/<project_name>_<YYYYmmdd_HHMMSS>[_k]/`` and return its path."""
     stamp = time.strftime("%Y%m%d_%H%M%S")
     for k in range(1000):
         run_dir = os.path.join(results_dir, f"{project_name}_{stamp}" + (f"_{k}" if k else ""))
@@ -68,8 +68,6 @@ def create_run_dir(results_dir, project_name):
             break
         except FileExistsError:
             continue
-    for sub in ("model", "image"):
-        os.makedirs(os.path.join(run_dir, sub), exist_ok=True)
     return run_dir
 
 
