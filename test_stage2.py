@@ -36,9 +36,10 @@ from tqdm import tqdm
 from data_loader import DatasetError, ForegroundDataset, ImageReadError
 from model import CheckpointError, load_model
 from model.inference import predict_alphas
+from utils.checkpoint import newest_best_weights
 from utils.device import resolve_device
 from utils.evaluation import (EvaluationError, Extremes, PairDataset, derive_trimap, describe_unmatched,
-                              evaluate_sample, match_by_stem, mean_metrics, new_output_dir, newest_run_weights,
+                              evaluate_sample, match_by_stem, mean_metrics, new_output_dir,
                               panels, quantize, save_grid, to_uint8, write_json, write_metrics_csv)
 from utils.metrics import METRIC_NAMES, REGION_METRIC_NAMES
 from utils.settings import load_settings, settings_to_dict, weights_file
@@ -98,7 +99,7 @@ def build_data(settings, args):
 
 
 def find_weights(settings):
-    path = weights_file(settings) or newest_run_weights("results_stage2")
+    path = weights_file(settings) or newest_best_weights("results_stage2")
     if path is None:
         raise SystemExit("no weights: set model_path/pth_name (--set model_path=DIR --set pth_name=FILE) "
                          "or train stage 2 first (python train_stage2.py writes results_stage2/<run>/model/best.pth)")

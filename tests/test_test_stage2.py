@@ -12,8 +12,9 @@ import torch
 import test_stage2
 from data_loader import foreground_cache
 from model import build_model
+from utils.checkpoint import newest_best_weights
 from utils.evaluation import (COLUMNS, EvaluationError, Extremes, derive_trimap, match_by_stem, new_output_dir,
-                              newest_run_weights, quantize)
+                              quantize)
 
 H, W = 48, 64
 FAST = ["--set", "device=cpu", "--set", "image_size=64", "--set", "batch_size=2", "--set", "dataloader.num_worker=0"]
@@ -119,11 +120,11 @@ def test_held_out_split_with_the_newest_run(weights, make_paixin, tmp_path, monk
     older = tmp_path / "results_stage2" / "old" / "model"
     older.mkdir(parents=True)
     (older / "best.pth").write_bytes(b"not used")
-    os.utime(older.parent, (1, 1))
+    os.utime(older / "best.pth", (1, 1))
     newest = tmp_path / "results_stage2" / "new"
     os.symlink(weights.parent.parent, newest)  # the module's run folder, newest by mtime
     monkeypatch.chdir(tmp_path)
-    assert newest_run_weights() == os.path.join("results_stage2", "new", "model", "best.pth")
+    assert newest_best_weights("results_stage2") == os.path.join("results_stage2", "new", "model", "best.pth")
     out = run(["--set", f"dataset_path={root}"])
     assert os.path.dirname(out) == str(tmp_path / "results_stage2" / "new")  # in the weights' run folder
     _, rows = read_csv(os.path.join(out, "metrics.csv"))

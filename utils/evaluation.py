@@ -5,7 +5,6 @@ Files pair by *key*: the path relative to its folder without the extension, ``/`
 (the stem for flat folders such as P3M-500's ``blurred_image/`` + ``mask/``).
 """
 import csv
-import glob
 import json
 import math
 import os
@@ -211,15 +210,6 @@ def save_grid(path, rows, legend="", gap=4, header=22):
     grid = np.concatenate([np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips])
     if not cv2.imwrite(path, grid[..., ::-1]):
         raise OSError(f"could not write {path}")
-
-
-def newest_run_weights(results_dir="results_stage2", name="best.pth"):
-    """``<results_dir>/<run>/model/<name>`` of the newest run (folder mtime, then name), or None."""
-    runs = [os.path.dirname(os.path.dirname(p)) for p in glob.glob(os.path.join(results_dir, "*", "model", name))]
-    if not runs:
-        return None
-    newest = max(runs, key=lambda run: (os.path.getmtime(run), run))
-    return os.path.join(newest, "model", name)
 
 
 def run_folder_of(weights):

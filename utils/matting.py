@@ -26,6 +26,7 @@ from PIL import ImageColor
 from tqdm import tqdm
 
 from data_loader.image_io import ImageReadError, is_image_file, read_rgb
+from utils.checkpoint import newest_best_weights
 from model.inference import (alpha_to_size, check_precision, network_input_size, prepare_model, preprocess,
                              run_network)
 
@@ -140,8 +141,8 @@ def find_newest_weights(roots=(".",)):
     """The newest ``results_stage2/<run>/model/best.pth`` under any of ``roots``, else the
     newest ``results_stage1/...``; None when there is none."""
     for stage in ("results_stage2", "results_stage1"):
-        found = {os.path.realpath(p) for root in roots
-                 for p in glob.glob(os.path.join(root, stage, "*", "model", "best.pth"))}
+        found = [newest_best_weights(os.path.join(root, stage)) for root in roots]
+        found = [os.path.realpath(p) for p in found if p is not None]
         if found:
             return max(found, key=os.path.getmtime)
     return None
