@@ -30,10 +30,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from data_loader.transforms import IMAGENET_MEAN, IMAGENET_STD  # the normalisation training used
+
 from .blocks import REBNCONV
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 RESIZE_POLICIES = ("square", "short_side")
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
