@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from data_loader.splits import in_split
@@ -72,3 +73,13 @@ def make_paixin(tmp_path):
                     save(os.path.join(root, name), rng.integers(0, 256, (size[0] + 8, size[1] + 8, 3), dtype=np.uint8))
         return root
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One PyTorch thread for a module of small convolutions: on a shared 2-core machine two
+    OpenMP threads can be ~50x slower than one. The setting is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,13 +20,7 @@ from model import (U2NET, U2NETP, CheckpointError, detect_arch, load_model, load
 SHORT = 500  # an error about keys summarises them; it never lists hundreds of keys
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two OpenMP threads on a busy 2-core machine are far slower than one for these small inputs.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: small convolutions, one thread
 
 
 def random_network(net, seed):

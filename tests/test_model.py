@@ -17,14 +17,7 @@ OURS = {"u2net": U2NET, "u2netp": U2NETP}
 HEADS = ("side1", "side2", "side3", "side4", "side5", "side6", "outconv")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On a shared 2-core machine two OpenMP threads can be ~50x slower than one for these small
-    # convolutions; restore the setting for whatever runs next.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: small convolutions, one thread
 
 
 def randomise(model, seed):
