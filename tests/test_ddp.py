@@ -9,21 +9,20 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FOREGROUNDS = os.path.join(ROOT, "data_examples", "paixin_comp_mod")
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="torch.distributed with gloo is needed")
-def test_torchrun_two_processes_gloo(tmp_path):
+def test_torchrun_two_processes_gloo(make_paixin, tmp_path):
     settings = ["device=cpu", "arch=u2netp", "model_name=u2netp", "image_size=64", "crop_size=48",
                 "batch_size=2", "image_num=4", "val_image_num=3", "dataloader.num_worker=0", "amp=off",
-                "epoch_num=1", "update_ratio_epoch=1", f"dataset_path={FOREGROUNDS}", f"results_dir={tmp_path}"]
+                "epoch_num=1", "update_ratio_epoch=1", f"dataset_path={make_paixin()}", f"results_dir={tmp_path / 'results'}"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                os.path.join(ROOT, "train_stage2.py")] + [a for s in settings for a in ("--set", s)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    runs = glob.glob(str(tmp_path / "u2net_stage2_*"))
+    runs = glob.glob(str(tmp_path / "results" / "u2net_stage2_*"))
     assert len(runs) == 1, runs  # rank 0 alone made a results folder
     run = runs[0]
     with open(os.path.join(run, "train_log.csv"), newline="") as f:

@@ -17,10 +17,9 @@ from utils.checkpoint import atomic_save
 from utils.results import TIMING_COLUMNS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FOREGROUNDS = os.path.join(ROOT, "data_examples", "paixin_comp_mod")
 SETTINGS = ["device=cpu", "arch=u2netp", "model_name=u2netp", "image_size=64", "crop_size=48", "batch_size=2",
             "image_num=4", "val_image_num=2", "dataloader.num_worker=0", "amp=off", "seed=3", "epoch_num=3",
-            "update_ratio_epoch=1", "lr_schedule=cosine", f"dataset_path={FOREGROUNDS}"]
+            "update_ratio_epoch=1", "lr_schedule=cosine"]
 
 
 def sets(*items):
@@ -32,11 +31,11 @@ def read_log(run_dir):
         return list(csv.DictReader(f))
 
 
-def run_and_kill_in_epoch_1(results_dir, cwd):
+def run_and_kill_in_epoch_1(settings, results_dir, cwd):
     """Start train_stage2.py in a subprocess; SIGKILL it once epoch 1's first step is done."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_stage2.py"),
-                             *sets(*SETTINGS, f"results_dir={results_dir}")],
+                             *sets(*settings, f"results_dir={results_dir}")],
                             cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen = []
     marker = "epoch 1 (2/3):  "  # tqdm's bar for epoch 1; killed once it shows a finished step
@@ -62,22 +61,15 @@ def run_and_kill_in_epoch_1(results_dir, cwd):
 
 
 @pytest.mark.filterwarnings("ignore:no starting weights")
-def test_killed_run_resumes_to_the_same_log(tmp_path, monkeypatch):
+def test_killed_run_resumes_to_the_same_log(make_paixin, one_thread, tmp_path, monkeypatch):
+    settings = SETTINGS + [f"dataset_path={make_paixin()}"]
     monkeypatch.chdir(tmp_path)  # no results_stage1/ here: both runs start from the same scratch init
-    torch.set_num_threads(1)
-    try:
-        whole = train_stage2.main(sets(*SETTINGS, f"results_dir={tmp_path / 'whole'}"))
-    finally:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-    killed, code = run_and_kill_in_epoch_1(tmp_path / "killed", tmp_path)
+    whole = train_stage2.main(sets(*settings, f"results_dir={tmp_path / 'whole'}"))
+    killed, code = run_and_kill_in_epoch_1(settings, tmp_path / "killed", tmp_path)
     assert killed and code == -signal.SIGKILL
     (run,) = glob.glob(str(tmp_path / "killed" / "*"))
     assert [int(r["epoch"]) for r in read_log(run)] == [0]  # epoch 1 was cut short
-    torch.set_num_threads(1)
-    try:
-        resumed = train_stage2.main(sets(f"resume={run}"))  # the run's own settings.json
-    finally:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    resumed = train_stage2.main(sets(f"resume={run}"))  # the run's own settings.json
     assert resumed == run
     expected, got = read_log(whole), read_log(run)
     assert [r["epoch"] for r in got] == ["0", "1", "2"]

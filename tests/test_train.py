@@ -1,4 +1,4 @@
-"""Training scripts end to end on data_examples/ (tiny: U2NETP, 64 px images, 48 px crops).
+"""Training scripts end to end on tiny made-up datasets (U2NETP, 64 px images, 48 px crops).
 
 One stage-1 epoch and three stage-2 epochs produce every file of the results contract; the
 stage-2 mix_ratio follows the e2h schedule with 2 DataLoader workers; saved weights load into
@@ -19,24 +19,13 @@ from tests.reference_u2net import U2NETP as ReferenceU2NETP
 from utils.results import COLUMNS
 from utils.settings import build_settings
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-AISEGMENT = os.path.join(ROOT, "data_examples", "AISegment")
-FOREGROUNDS = os.path.join(ROOT, "data_examples", "paixin_comp_mod")
+pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["device=cpu", "arch=u2netp", "model_name=u2netp", "image_size=64", "crop_size=48", "batch_size=2",
         "image_num=4", "val_image_num=2", "dataloader.num_worker=0", "amp=off", "seed=0"]
 
 
 def sets(*items):
     return [arg for item in items for arg in ("--set", item)]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine is small and shared: one intra-op thread is the fastest there."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def read_log(run_dir):
@@ -66,23 +55,17 @@ def check_results_contract(run_dir, epochs, model_name="u2netp"):
     return rows
 
 
-@pytest.fixture(scope="module")
-def stage1_run(tmp_path_factory):
-    results = tmp_path_factory.mktemp("results_stage1")
-    torch.set_num_threads(1)
-    return train_stage1.main(sets(*TINY, "epoch_num=1", f"dataset_path={AISEGMENT}", f"results_dir={results}"))
-
-
-def test_stage1_one_epoch_writes_the_results_contract(stage1_run):
-    assert os.path.basename(stage1_run).startswith("u2net_stage1_")
-    rows = check_results_contract(stage1_run, epochs=1)
+def test_stage1_one_epoch_writes_the_results_contract(make_aisegment, tmp_path):
+    run = train_stage1.main(sets(*TINY, "epoch_num=1", f"dataset_path={make_aisegment()}",
+                                 f"results_dir={tmp_path / 'results'}"))
+    assert os.path.basename(run).startswith("u2net_stage1_")
+    rows = check_results_contract(run, epochs=1)
     assert float(rows[0]["mix_ratio"]) == 1.0 and float(rows[0]["lr"]) == 1e-3
     for column in COLUMNS[1:]:
         assert float(rows[0][column]) == float(rows[0][column])  # not NaN
 
-
-def test_saved_weights_load_into_the_original_code_with_the_same_outputs(stage1_run):
-    path = os.path.join(stage1_run, "model", "u2netp_epoch0.pth")
+    # the weight file loads into the original U-2-Net code, with the same outputs as ours
+    path = os.path.join(run, "model", "u2netp_epoch0.pth")
     ours = load_model(path)
     original = ReferenceU2NETP(3, 1)
     original.load_state_dict(torch.load(path, weights_only=True), strict=True)
@@ -93,10 +76,20 @@ def test_saved_weights_load_into_the_original_code_with_the_same_outputs(stage1_
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
-def test_stage2_three_epochs_with_workers_follow_the_e2h_schedule(stage1_run, tmp_path):
+@pytest.fixture
+def init_weights(tmp_path):
+    """A fresh U2NETP's state_dict saved as <tmp>/init/best.pth (stands in for stage 1's)."""
+    torch.manual_seed(1)
+    os.makedirs(tmp_path / "init")
+    torch.save(build_model("u2netp").state_dict(), tmp_path / "init" / "best.pth")
+    return tmp_path / "init" / "best.pth"
+
+
+def test_stage2_three_epochs_with_workers_follow_the_e2h_schedule(make_paixin, init_weights, tmp_path):
     run = train_stage2.main(sets(*TINY, "epoch_num=3", "update_ratio_epoch=1", "e2h.schedule=step",
-                                 "dataloader.num_worker=2", "lr_schedule=seed", f"dataset_path={FOREGROUNDS}",
-                                 f"results_dir={tmp_path}", f"model_path={stage1_run}", "pth_name=best.pth"))
+                                 "dataloader.num_worker=2", "lr_schedule=seed", f"dataset_path={make_paixin()}",
+                                 f"results_dir={tmp_path / 'results'}", f"model_path={init_weights.parent}",
+                                 "pth_name=best.pth"))
     rows = check_results_contract(run, epochs=3)
     # step schedule, update_ratio_epoch 1: r = 0, 0.1, 0.2 (measured from the batches)
     assert [float(r["mix_ratio"]) for r in rows] == pytest.approx([0.0, 0.1, 0.2], abs=1e-6)
@@ -106,11 +99,12 @@ def test_stage2_three_epochs_with_workers_follow_the_e2h_schedule(stage1_run, tm
     assert ckpt["e2h"]["ratio"] == pytest.approx(0.2) and ckpt["e2h"]["next_ratio"] == pytest.approx(0.3)
 
 
-def test_stage2_starting_weights(stage1_run, tmp_path, monkeypatch):
+def test_stage2_starting_weights(make_paixin, init_weights, tmp_path, monkeypatch):
     """Named weights; else the newest results_stage1/*/model/best.pth; else scratch, warned;
     weights of another architecture are an error that says what to set."""
-    settings = build_settings("train_stage2", overrides=TINY + [f"dataset_path={FOREGROUNDS}"])
-    best = torch.load(os.path.join(stage1_run, "model", "best.pth"), weights_only=True)
+    dataset = make_paixin()
+    settings = build_settings("train_stage2", overrides=TINY + [f"dataset_path={dataset}"])
+    best = torch.load(init_weights, weights_only=True)
     monkeypatch.chdir(tmp_path)
     net = build_model("u2netp")
     with pytest.warns(UserWarning, match="from scratch"):
@@ -120,13 +114,13 @@ def test_stage2_starting_weights(stage1_run, tmp_path, monkeypatch):
     train_stage2.starting_weights(net, settings)
     torch.testing.assert_close(net.state_dict(), best)
     torch.save(build_model("u2net").state_dict(), "u2net.pth")
-    named = build_settings("train_stage2", overrides=TINY + [f"dataset_path={FOREGROUNDS}", "model_path=.",
+    named = build_settings("train_stage2", overrides=TINY + [f"dataset_path={dataset}", "model_path=.",
                                                              "pth_name=u2net.pth"])
     with pytest.raises(CheckpointError, match="holds u2net weights, but the settings say arch='u2netp'"):
         train_stage2.starting_weights(net, named)
 
 
-def test_nan_loss_stops_the_run_naming_epoch_and_step(tmp_path, monkeypatch):
+def test_nan_loss_stops_the_run_naming_epoch_and_step(make_aisegment, tmp_path, monkeypatch):
     from utils import losses
     calls = {"n": 0}
     real = losses.MattingLoss.forward
@@ -140,7 +134,8 @@ def test_nan_loss_stops_the_run_naming_epoch_and_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(losses.MattingLoss, "forward", nan_on_second_step)
     with pytest.raises(SystemExit, match="epoch 0, step 1: the training loss is nan"):
-        train_stage1.main(sets(*TINY, "epoch_num=1", f"dataset_path={AISEGMENT}", f"results_dir={tmp_path}"))
-    (run,) = glob.glob(os.path.join(tmp_path, "*"))
+        train_stage1.main(sets(*TINY, "epoch_num=1", f"dataset_path={make_aisegment()}",
+                               f"results_dir={tmp_path / 'results'}"))
+    (run,) = glob.glob(str(tmp_path / "results" / "*"))
     assert not os.path.exists(os.path.join(run, "checkpoint.pth"))
     assert os.listdir(os.path.join(run, "model")) == []
