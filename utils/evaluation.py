@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from data_loader.image_io import read_alpha, read_rgb
 from data_loader.indexing import list_images
 from data_loader.trimap import EVAL_KERNEL, unknown_band
+from .matting import alpha_to_uint8 as to_uint8  # the rounding apply.py writes
 from .metrics import METRIC_NAMES, REGION_METRIC_NAMES, matting_metrics, region_metrics
 
 COLUMNS = ("name",) + METRIC_NAMES + REGION_METRIC_NAMES
@@ -119,10 +120,6 @@ def derive_trimap(alpha, kernel_size=EVAL_KERNEL):
 def quantize(alpha):
     """float alpha in [0,1] -> the float32 an 8-bit PNG of it reads back as (k / 255)."""
     return to_uint8(alpha).astype(np.float32) / np.float32(255.0)
-
-
-def to_uint8(alpha):
-    return np.round(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def evaluate_sample(name, pred, alpha, trimap):

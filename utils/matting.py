@@ -151,7 +151,7 @@ def find_newest_weights(roots=(".",)):
 # ---------------------------------------------------------------- cut-outs and composites
 def alpha_to_uint8(alpha):
     """float alpha in [0,1] -> uint8, rounded half to even: the values apply.py writes, and
-    the same rounding as ``utils.evaluation.to_uint8`` (test_stage2.py's PNGs)."""
+    also test_stage2.py's PNGs (``utils.evaluation`` uses this function)."""
     scaled = np.clip(alpha, 0.0, 1.0)  # one temporary, whatever the size
     scaled *= 255.0
     return np.round(scaled, out=scaled).astype(np.uint8)
