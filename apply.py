@@ -88,6 +88,7 @@ def main(argv=None):
     """Run apply.py with ``argv``; returns the exit status (0 all done, 1 a failure)."""
     args = parse_args(argv)
     start = time.perf_counter()
+    one_malloc_arena()  # before any thread allocates
     outputs = tuple(k.strip() for k in args.outputs.split(",") if k.strip())
     try:
         unknown = [k for k in outputs if k not in OUTPUT_KINDS]
@@ -110,7 +111,6 @@ def main(argv=None):
         print(f"apply.py: error: {err}", file=sys.stderr)
         return 2
 
-    one_malloc_arena()
     files, problems = collect_inputs(args.input, recursive=args.recursive, exclude=args.output)
     for spec, reason in problems:
         print(f"failed: --input {spec}: {reason}", file=sys.stderr)
@@ -131,4 +131,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Every output is written and closed by now. Skipping the interpreter's teardown of torch
+    # (about 1 s of freeing objects one by one) ends the run sooner; same exit status.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -61,10 +61,12 @@ class RSU(nn.Module):
                 hx = getattr(self, f"pool{level}")(hx)
         hx = getattr(self, f"rebnconv{self.height}")(hx)
         for level in range(self.height - 1, 0, -1):
-            skip = encoded[level - 1]
+            skip = encoded.pop()  # dropped once used: less memory, same result
             if hx.shape[2:] != skip.shape[2:]:
                 hx = upsample_like(hx, skip)
-            hx = getattr(self, f"rebnconv{level}d")(torch.cat((hx, skip), 1))
+            hx = torch.cat((hx, skip), 1)
+            del skip
+            hx = getattr(self, f"rebnconv{level}d")(hx)
         return hx + hxin
 
 

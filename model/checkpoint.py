@@ -75,8 +75,11 @@ def load_state_dict_any(path):
     return state_dict, arch
 
 
-def load_weights(model, state_dict, source="weights"):
-    """Load ``state_dict`` into ``model`` strictly, summarising mismatches in one error."""
+def load_weights(model, state_dict, source="weights", assign=False):
+    """Load ``state_dict`` into ``model`` strictly, summarising mismatches in one error.
+
+    ``assign``: make the tensors of ``state_dict`` the model's own instead of copying them (for
+    a model built on the meta device: no second copy of the weights in memory)."""
     expected = model.state_dict()
     missing = expected.keys() - state_dict.keys()
     unexpected = state_dict.keys() - expected.keys()
@@ -90,7 +93,7 @@ def load_weights(model, state_dict, source="weights"):
         if wrong_shape:
             parts.append(f"keys of another shape {_summarise(wrong_shape)}")
         raise CheckpointError(f"{source}: does not fit {type(model).__name__}: " + "; ".join(parts))
-    model.load_state_dict(state_dict)
+    model.load_state_dict(state_dict, assign=assign)
     return model
 
 
@@ -104,5 +107,10 @@ def load_model(path, arch=None, device="cpu"):
         if arch not in ARCHITECTURES:
             raise CheckpointError(f"{path}: unknown architecture {arch!r}")
         raise CheckpointError(f"{path}: holds {detected} weights, but arch={arch!r} was asked for")
-    model = load_weights(build_model(detected), state_dict, source=os.fspath(path))
+    # Built on the meta device, the network gets the loaded tensors themselves: no random
+    # initialisation (0.6 s for U2NET) and no second 176 MB copy of the weights.
+    with torch.device("meta"):
+        model = build_model(detected)
+    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    model = load_weights(model, state_dict, source=os.fspath(path), assign=True)
     return model.to(device).eval()

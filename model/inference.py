@@ -15,8 +15,8 @@ together. Shrinking uses area interpolation, enlarging bilinear, as the training
 The network's fused output is returned as it is: never min-max normalised.
 
 Speed: ``prepare_model`` folds each BatchNorm into its convolution and, on CPUs, runs each
-convolution + ReLU as one fused oneDNN call, channels-last (about 7 % faster and one activation
-tensor smaller than the plain model; outputs equal the plain model's to ~1e-7).
+convolution + ReLU as one fused oneDNN call on channels-last activations (about 7 % faster and
+one activation tensor smaller than the plain model; outputs equal the plain model's to ~1e-7).
 ``predict_alphas`` runs such a prepared copy too (made once and reused while the weights do
 not change), so apply.py, test_stage2.py and validation agree exactly.
 """
@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from data_loader.transforms import IMAGENET_MEAN, IMAGENET_STD  # the normalisation training used
 
@@ -74,10 +73,11 @@ class FusedConvReLU(nn.Module):
     def __init__(self, block, fused_op):
         super().__init__()
         conv, bn = block.conv_s1, block.bn_s1
-        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
-                                            bn.eps, bn.weight, bn.bias)
-        self.weight = nn.Parameter(weight.detach(), requires_grad=False)
-        self.bias = nn.Parameter(bias.detach(), requires_grad=False)
+        # BatchNorm folded into the conv's own weight tensor, in place: no second copy of the
+        # weights, even for a moment (the block is being replaced anyway).
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        self.weight = nn.Parameter(conv.weight.detach().mul_(scale.reshape(-1, 1, 1, 1)), requires_grad=False)
+        self.bias = nn.Parameter(((conv.bias - bn.running_mean) * scale + bn.bias).detach(), requires_grad=False)
         self.padding, self.dilation = list(conv.padding), list(conv.dilation)
         self.fused_op = fused_op
 
@@ -103,23 +103,27 @@ def prepare_model(model, device="cpu", precision="fp32"):
     """Ready ``model`` (U2NET/U2NETP) for inference, in place, and return it.
 
     eval mode, no gradients; every conv-BatchNorm-ReLU block folded into one ``FusedConvReLU``
-    (BatchNorm running statistics used); channels-last; moved to ``device``; weights cast to
+    (BatchNorm running statistics used), in place; channels-last weights on CUDA (the inputs are
+    channels-last everywhere); moved to ``device``; weights cast to
     bf16/fp16 for those precisions. Afterwards the model is for inference only (its
     state_dict has no BatchNorm entries). Other modules are kept as they are.
     """
     device = torch.device(device)
     fused_op = (device.type == "cpu" and _fused_op_available()
                 and (precision == "fp32" or cpu_supports_bf16()))  # oneDNN refuses emulated bf16
-    blocks = [(name, module) for name, module in model.named_modules() if isinstance(module, REBNCONV)]
-    for name, block in blocks:
+    names = [name for name, module in model.named_modules() if isinstance(module, REBNCONV)]
+    for name in names:
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, FusedConvReLU(block, fused_op))
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, FusedConvReLU(getattr(parent, child), fused_op))
     for module in model.modules():  # also when re-preparing a prepared model for another precision
         if isinstance(module, FusedConvReLU):
             module.fused_op = fused_op
     model.eval().requires_grad_(False)
     dtype = _DTYPES[precision] or torch.float32
-    model.to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    if device.type == "cuda":  # cuDNN wants channels-last weights for channels-last inputs;
+        model.to(memory_format=torch.channels_last)  # oneDNN reorders them per call either way
+    model.to(device=device, dtype=dtype)
     model._prepared_for = (str(device), precision)
     return model
 
