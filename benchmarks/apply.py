@@ -7,10 +7,11 @@ Each configuration runs as its own child process (``python apply.py ...``, or th
 ``--run-original``), ``--repeats`` times, interleaved; the table gives medians of the wall
 time, images/s and its ratio to the original's, the CPU seconds (user + system, the child and
 its workers; less sensitive than wall time to other programs on a shared machine) and peak
-memory: the child's own peak RSS (from ``wait4``) and the peak proportional set size of its
-whole process tree, sampled every 0.1 s (so DataLoader workers count too; shared libraries
-count in part when other processes map them). bf16 alphas are compared with the fp32
-ones (mean absolute difference, in 1/255 units).
+memory: the child's own peak RSS (from ``wait4``: exact, and free to measure). ``--tree-pss S``
+adds the peak proportional set size of the whole process tree (DataLoader workers included),
+sampled every S seconds; reading it costs ~40 ms of kernel time per sample on a 1 GB process and
+slows the measured program (by ~20 % at 0.1 s), so it is off by default. bf16 alphas are
+compared with the fp32 ones (mean absolute difference, in 1/255 units).
 
 The original (xuebinqin/U-2-Net ``u2net_test.py``), restated faithfully in ``run_original``:
 ``SalObjDataset`` + ``RescaleT(320)`` (skimage ``transform.resize`` to 320x320, float64) +
@@ -155,29 +156,32 @@ def _tree_pss_kb(pid):
     return total
 
 
-def measure(cmd, env=None):
-    """Run ``cmd``; return (wall s, peak RSS of the child MB, peak tree PSS MB, CPU s of the
-    child and its reaped descendants)."""
+def measure(cmd, env=None, pss_interval=0.0):
+    """Run ``cmd``; return (wall s, peak RSS of the child MB, peak tree PSS MB sampled every
+    ``pss_interval`` s (0: not sampled, NaN), CPU s of the child and its reaped descendants)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = [0]
     done = threading.Event()
 
     def sample():
-        while not done.wait(0.1):
+        while not done.wait(pss_interval):
             peak[0] = max(peak[0], _tree_pss_kb(proc.pid))
 
     sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    if pss_interval > 0:
+        sampler.start()
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     done.set()
-    sampler.join()
+    if pss_interval > 0:
+        sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output}")
-    return wall, usage.ru_maxrss / 1024, peak[0] / 1024, usage.ru_utime + usage.ru_stime
+    pss = peak[0] / 1024 if pss_interval > 0 else float("nan")
+    return wall, usage.ru_maxrss / 1024, pss, usage.ru_utime + usage.ru_stime
 
 
 def cpu_has_bf16():
@@ -254,6 +258,8 @@ def main():
     parser.add_argument("--workers", type=int, default=None, help="apply.py --workers")
     parser.add_argument("--no-original", action="store_true", help="skip the original script")
     parser.add_argument("--threads", type=int, default=None, help="apply.py --threads")
+    parser.add_argument("--tree-pss", type=float, default=0.0, metavar="S",
+                        help="also sample the process tree's PSS every S seconds (slows the runs; default off)")
     parser.add_argument("--stages", action="store_true", help="also time each step of one photo, in process")
     parser.add_argument("--bf16-check", type=int, default=2, metavar="N",
                         help="where bf16 is not native, compare bf16 with fp32 alphas on N photos in process")
@@ -298,10 +304,10 @@ def main():
     env = dict(os.environ, PYTHONPATH=REPO)
     for repeat in range(args.repeats):
         for label, cmd, _ in runs:
-            wall, rss, pss, cpu = measure(cmd, env)
+            wall, rss, pss, cpu = measure(cmd, env, args.tree_pss)
             results[label].append((wall, rss, pss, cpu))
             print(f"  run {repeat + 1}/{args.repeats} {label}: {wall:.2f} s, CPU {cpu:.1f} s, peak RSS {rss:.0f} MB, "
-                  f"tree PSS {pss:.0f} MB, load {os.getloadavg()[0]:.2f}", flush=True)
+                  + (f"tree PSS {pss:.0f} MB, " if args.tree_pss else "") + f"load {os.getloadavg()[0]:.2f}", flush=True)
 
     print(f"\n{n_images} images, {args.size}x{args.size}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
           f"medians of {args.repeats} runs")
