@@ -68,13 +68,19 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def one_malloc_arena():
-    """glibc gives each decoding thread its own malloc arena, whose freed photos stay resident:
-    one shared arena keeps the peak ~40-90 MB lower (measured, alpha only, 1080x1440 photos)."""
+def tune_malloc():
+    """glibc's malloc, set for a long run of same-sized activations (measured on U2NET at 320):
+    one arena for all threads (each decoding thread's own arena would keep its freed photos
+    resident: 40-90 MB); and no mmap'd blocks nor trimming, so freed activations stay mapped for
+    the next photo instead of being returned to the system and faulted in again (35-55 thousand
+    page faults per photo -> under one thousand; ~6 % faster; the same peak memory)."""
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX
-    except (OSError, AttributeError):  # not glibc
-        pass
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    libc.mallopt(-8, 1)  # M_ARENA_MAX
+    libc.mallopt(-4, 0)  # M_MMAP_MAX
+    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
 
 
 def resolve_model_path(path):
@@ -88,7 +94,7 @@ def main(argv=None):
     """Run apply.py with ``argv``; returns the exit status (0 all done, 1 a failure)."""
     args = parse_args(argv)
     start = time.perf_counter()
-    one_malloc_arena()  # before any thread allocates
+    tune_malloc()  # before any thread allocates
     outputs = tuple(k.strip() for k in args.outputs.split(",") if k.strip())
     try:
         unknown = [k for k in outputs if k not in OUTPUT_KINDS]

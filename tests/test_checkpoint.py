@@ -122,6 +122,23 @@ def test_state_dict_round_trip(weights_file, x, expected, as_path):
     assert_same_outputs(outputs(loaded, x), expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_load_as_float32(tmp_path, weights, x, expected, dtype):
+    """load_model builds the network on the meta device and takes the file's tensors as they
+    are: nothing may stay on meta, weights saved in 16 bits come back as float32, and the model
+    can still be trained (parameters require grad)."""
+    path = tmp_path / "half.pth"
+    torch.save({k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}, path)
+    loaded = load_model(path)
+    tensors = list(loaded.parameters()) + list(loaded.buffers())
+    assert not any(t.is_meta for t in tensors)
+    assert {t.dtype for t in tensors if t.is_floating_point()} == {torch.float32}
+    assert all(p.requires_grad for p in loaded.parameters())
+    tolerance = 0.05 if dtype == torch.bfloat16 else 0.01  # the weights were rounded to 16 bits
+    for got, want in zip(outputs(loaded, x), expected):
+        torch.testing.assert_close(got, want, atol=tolerance, rtol=0)
+
+
 def test_load_state_dict_any_returns_weights_and_arch(weights_file, weights):
     state_dict, arch = load_state_dict_any(weights_file)
     assert arch == "u2netp"
