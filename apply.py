@@ -94,7 +94,6 @@ def main(argv=None):
     """Run apply.py with ``argv``; returns the exit status (0 all done, 1 a failure)."""
     args = parse_args(argv)
     start = time.perf_counter()
-    tune_malloc()  # before any thread allocates
     outputs = tuple(k.strip() for k in args.outputs.split(",") if k.strip())
     try:
         unknown = [k for k in outputs if k not in OUTPUT_KINDS]
@@ -137,6 +136,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    tune_malloc()  # the command only (not main() called from Python), before any thread allocates
     status = main()
     # Every output is written and closed by now. Skipping the interpreter's teardown of torch
     # (about 1 s of freeing objects one by one) ends the run sooner; same exit status.
