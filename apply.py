@@ -72,8 +72,8 @@ def tune_malloc():
     """glibc's malloc, set for a long run of same-sized activations (measured on U2NET at 320):
     one arena for all threads (each decoding thread's own arena would keep its freed photos
     resident: 40-90 MB); and no mmap'd blocks nor trimming, so freed activations stay mapped for
-    the next photo instead of being returned to the system and faulted in again (35-55 thousand
-    page faults per photo -> under one thousand; ~6 % faster; the same peak memory)."""
+    the next photo instead of being returned to the system and faulted in again (19 photos:
+    0.7-1.1 million page faults -> 0.2 million, system time 3-4 s -> 1.2 s; same peak memory)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc
