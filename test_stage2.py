@@ -15,7 +15,8 @@ Three ways, each at the ground truth's full resolution, deterministic:
 
 Options: --output DIR (default: a new test_<timestamp>/ in the weights' run folder, else under
 results_test/), --save-predictions (8-bit <stem>.png in <output>/predictions/), --grid-rows K,
---config FILE, --set KEY=VALUE (utils/load_settings/test_stage2_settings.json).
+--config FILE, --set KEY=VALUE (utils/load_settings/test_stage2_settings.json). The network input
+is image_size, by default the training run's own (its settings.json), else 320.
 
 Writes metrics.csv (name, sad, mse, mad, grad, conn, sad_unknown, mse_unknown, mad_unknown,
 sad_fg, sad_bg), summary.json (means, count, weights, settings) and grid.png (the worst and the
@@ -25,6 +26,7 @@ SAD, Grad, Conn / 1000; MSE, MAD unscaled; region columns inside a trimap's unkn
 predictions are rounded to 8 bits before scoring, so scoring their saved PNGs gives the same numbers.
 """
 import argparse
+import json
 import os
 import sys
 
@@ -106,6 +108,24 @@ def find_weights(settings):
     return path
 
 
+def network_size(settings, weights):
+    """``image_size`` if set, else that of the run the weights come from (its settings.json
+    beside them or one folder up, as ``<run>/model/best.pth``), so the scores match the run's
+    validation; else 320 (the original U-2-Net's)."""
+    if settings.image_size:
+        return settings.image_size, "image_size"
+    folder = os.path.dirname(os.path.abspath(weights))
+    for saved in (os.path.join(folder, "settings.json"), os.path.join(os.path.dirname(folder), "settings.json")):
+        try:
+            with open(saved) as f:
+                size = json.load(f).get("image_size")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(size, int) and size > 0:
+            return size, saved
+    return 320, "the default"
+
+
 def main(argv=None):
     settings, args = parse_args(argv)
     torch.manual_seed(settings.seed)
@@ -117,15 +137,16 @@ def main(argv=None):
                         num_workers=settings.dataloader.num_worker, pin_memory=False)
 
     # ---- model -----------------------------------------------------------------------------------
-    weights = model = None
+    weights = model = size = None
     if not args.predictions:
         weights = find_weights(settings)
         model = load_model(weights, arch=settings.arch or None, device=device)
         model = model.to(memory_format=torch.channels_last)
+        size, size_source = network_size(settings, weights)
     output = args.output or new_output_dir(weights)
     os.makedirs(output, exist_ok=True)
     print(f"evaluating {len(data)} images: {description}\nweights: {weights or 'none (scoring --predictions)'}"
-          f"\noutput: {output}")
+          + (f"\nnetwork input: {size}x{size} (from {size_source})" if size else "") + f"\noutput: {output}")
 
     # ---- loop ------------------------------------------------------------------------------------
     rows, extremes = [], Extremes(args.grid_rows)
@@ -134,7 +155,7 @@ def main(argv=None):
             preds = [sample["pred"] for sample in batch]
         else:
             images = [sample["image"] for sample in batch]
-            preds = [quantize(p) for p in predict_alphas(model, images, size=settings.image_size, device=device,
+            preds = [quantize(p) for p in predict_alphas(model, images, size=size, device=device,
                                                           precision=settings.precision, batch_size=settings.batch_size)]
         for sample, pred in zip(batch, preds):
             name, alpha = sample["name"], sample["alpha"]
@@ -152,7 +173,7 @@ def main(argv=None):
     means = mean_metrics(rows)
     write_metrics_csv(os.path.join(output, "metrics.csv"), rows)
     write_json(os.path.join(output, "summary.json"), {
-        "count": len(rows), "means": means, "data": description, "model_file": weights,
+        "count": len(rows), "means": means, "data": description, "model_file": weights, "image_size": size,
         "skipped_unmatched": {"count": sum(map(len, unmatched.values())), **unmatched},
         "trimaps": args.trimaps or "derived from the ground truth (data_loader.trimap.unknown_band, k = 9)",
         "scaling": "sad, grad, conn and sad_* are / 1000; mse, mad unscaled",

@@ -134,6 +134,32 @@ def test_held_out_split_with_the_newest_run(weights, make_paixin, tmp_path, monk
     assert {r["name"]: r for r in read_csv(os.path.join(out2, "metrics.csv"))[1]} == first
 
 
+def test_network_size_is_the_training_runs_own_unless_set(bench_dir, tmp_path):
+    """image_size unset: the size in the run's settings.json (so the scores match the run's
+    validation), else 320; set: as set."""
+    run_dir = tmp_path / "run"
+    (run_dir / "model").mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(build_model("u2netp").state_dict(), run_dir / "model" / "best.pth")
+    common = ["--images", str(bench_dir / "images"), "--alphas", str(bench_dir / "alphas"),
+              "--set", f"model_path={run_dir}", "--set", "pth_name=best.pth", "--set", "device=cpu",
+              "--set", "batch_size=2", "--set", "dataloader.num_worker=0", "--grid-rows", "0"]
+
+    def score(name, *extra):
+        out = test_stage2.main([*common, "--output", str(tmp_path / name), *extra])
+        with open(os.path.join(out, "summary.json")) as f:
+            return json.load(f)["image_size"], read_csv(os.path.join(out, "metrics.csv"))[1]
+
+    (run_dir / "settings.json").write_text(json.dumps({"image_size": 96, "crop_size": 80}))
+    size, from_run = score("from_run")
+    assert size == 96
+    assert score("set_96", "--set", "image_size=96") == (96, from_run)
+    size, set_64 = score("set_64", "--set", "image_size=64")
+    assert size == 64 and set_64 != from_run
+    (run_dir / "settings.json").write_text("{}")
+    assert score("default")[0] == 320
+
+
 # ---- errors -------------------------------------------------------------------------------------------
 def test_size_mismatch_names_both_files(bench_dir, tmp_path):
     write_png(tmp_path / "pred" / "a.png", np.zeros((W, H), np.uint8))

@@ -98,7 +98,7 @@ class TestSettings:
     pth_name: str = ""
     dataset_path: str = "data_examples/paixin_comp_mod"
     image_num: typing.Optional[int] = None
-    image_size: int = 320                # network input size
+    image_size: typing.Optional[int] = None  # network input; None: the training run's own, else 320
     batch_size: int = 4
     precision: str = "fp32"              # fp32 | bf16 | fp16
     dataloader: DataLoaderSettings = field(default_factory=DataLoaderSettings)
@@ -180,9 +180,9 @@ def _validate(settings, sources):
         src = sources.get(key, "defaults")
         if key in CHOICES and value not in CHOICES[key] and not (key == "arch" and value == ""):
             raise SettingsError(f"{src}: {key} must be one of {sorted(CHOICES[key])}, got {value!r}")
-        if key in POSITIVE and value <= 0:
+        if key in POSITIVE and value is not None and value <= 0:
             raise SettingsError(f"{src}: {key} must be positive, got {value!r}")
-    if flat.get("crop_size", 0) > flat.get("image_size", 1 << 30):
+    if flat.get("crop_size", 0) > (flat.get("image_size") or 1 << 30):
         raise SettingsError(f"{sources.get('crop_size', 'defaults')}: crop_size {flat['crop_size']} "
                             f"is larger than image_size {flat['image_size']}")
     if flat.get("dataset_path") and not os.path.isdir(flat["dataset_path"]):
