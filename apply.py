@@ -15,7 +15,7 @@ run (``results_stage2/<run>/model/best.pth``), else of stage 1.
 
 Network input: each photo resized to ``--size`` x ``--size`` (default 320, aspect not kept), as
 the original U-2-Net test script; ``--resize short_side`` keeps the aspect ratio (the scale
-this project trains at) for 1.33x the compute on 3:4 photos. See model/inference.py.
+this project trains at) for 1.33x the compute on 3:4 photos. See utils/inference/predict.py.
 """
 import argparse
 import ctypes
@@ -29,9 +29,11 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, REPO)
 
 from model import CheckpointError, load_model  # noqa: E402
-from model.inference import PRECISIONS, RESIZE_POLICIES  # noqa: E402
+from utils.constants import PRECISIONS, RESIZE_POLICIES  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
-from utils.matting import OUTPUT_KINDS, collect_inputs, find_newest_weights, matte_files, parse_background  # noqa: E402
+from utils.inference.cutout import parse_background  # noqa: E402
+from utils.inference.files import OUTPUT_KINDS, collect_inputs, matte_files  # noqa: E402
+from utils.runs import choose_weights  # noqa: E402
 
 NO_MODEL = """no model found: pass --model FILE (U2NET or U2NETP weights, e.g. the original
 U-2-Net's u2net.pth or a results_stage*/<run>/model/best.pth), or train one:
@@ -84,10 +86,9 @@ def tune_malloc():
 
 
 def resolve_model_path(path):
-    """--model as given, else the newest best.pth of stage 2, else of stage 1; None if none."""
-    if path:
-        return path
-    return find_newest_weights(roots=(os.getcwd(), REPO))
+    """--model as given, else the newest best.pth of stage 2, else of stage 1 (in the working
+    folder or beside apply.py); None if none."""
+    return choose_weights(path, newest_of=("results_stage2", "results_stage1"), roots=(os.getcwd(), REPO))
 
 
 def main(argv=None):

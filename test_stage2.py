@@ -26,7 +26,6 @@ SAD, Grad, Conn / 1000; MSE, MAD unscaled; region columns inside a trimap's unkn
 predictions are rounded to 8 bits before scoring, so scoring their saved PNGs gives the same numbers.
 """
 import argparse
-import json
 import os
 import sys
 
@@ -37,14 +36,14 @@ from tqdm import tqdm
 
 from data_loader import DatasetError, ForegroundDataset, ImageReadError
 from model import CheckpointError, load_model
-from model.inference import predict_alphas
-from utils.checkpoint import newest_best_weights
 from utils.device import resolve_device
-from utils.evaluation import (EvaluationError, Extremes, PairDataset, derive_trimap, describe_unmatched,
-                              evaluate_sample, match_by_stem, mean_metrics, new_output_dir,
-                              panels, quantize, save_grid, to_uint8, write_json, write_metrics_csv)
+from utils.inference.evaluate import (EvaluationError, Extremes, PairDataset, derive_trimap, describe_unmatched,
+                                      evaluate_sample, match_by_stem, mean_metrics, new_output_dir,
+                                      panels, quantize, save_ranked_grid, to_uint8, write_json, write_metrics_csv)
+from utils.inference.predict import predict_alphas
 from utils.metrics import METRIC_NAMES, REGION_METRIC_NAMES
-from utils.settings import load_settings, settings_to_dict, weights_file
+from utils.runs import choose_weights, settings_near
+from utils.settings import load_settings, settings_to_dict
 
 
 def parse_args(argv=None):
@@ -101,7 +100,7 @@ def build_data(settings, args):
 
 
 def find_weights(settings):
-    path = weights_file(settings) or newest_best_weights("results_stage2")
+    path = choose_weights(model_path=settings.model_path, pth_name=settings.pth_name, newest_of=("results_stage2",))
     if path is None:
         raise SystemExit("no weights: set model_path/pth_name (--set model_path=DIR --set pth_name=FILE) "
                          "or train stage 2 first (python train_stage2.py writes results_stage2/<run>/model/best.pth)")
@@ -114,15 +113,10 @@ def network_size(settings, weights):
     validation; else 320 (the original U-2-Net's)."""
     if settings.image_size:
         return settings.image_size, "image_size"
-    folder = os.path.dirname(os.path.abspath(weights))
-    for saved in (os.path.join(folder, "settings.json"), os.path.join(os.path.dirname(folder), "settings.json")):
-        try:
-            with open(saved) as f:
-                size = json.load(f).get("image_size")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(size, int) and size > 0:
-            return size, saved
+    saved, path = settings_near(weights)
+    size = (saved or {}).get("image_size")
+    if isinstance(size, int) and size > 0:
+        return size, path
     return 320, "the default"
 
 
@@ -180,7 +174,7 @@ def main(argv=None):
         "settings": settings_to_dict(settings)})
     worst, best = extremes.worst_and_best()
     if worst:
-        save_grid(os.path.join(output, "grid.png"),
+        save_ranked_grid(os.path.join(output, "grid.png"),
                   [(f"worst {i + 1}: {name}  SAD {sad:.3f}", p) for i, (sad, name, p) in enumerate(worst)]
                   + [(f"best {i + 1}: {name}  SAD {sad:.3f}", p) for i, (sad, name, p) in enumerate(best)],
                   legend=("" if args.predictions else "photo | ") + "truth | prediction | |error|")

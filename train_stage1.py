@@ -12,20 +12,21 @@ Settings: utils/load_settings/train_stage1_settings.json, then ``--config FILE``
 ``--set KEY=VALUE``. ``model_path``/``pth_name`` name optional starting weights (e.g. the
 original U-2-Net release). Results: ``<results_dir>/<project_name>_<timestamp>/`` with
 settings.json, train_log.csv, model/<model_name>_epoch<N>.pth, model/best.pth (lowest
-validation MAD), checkpoint.pth, image/epoch<N>.png and curves.png (see utils/results.py).
+validation MAD), checkpoint.pth, image/epoch<N>.png and curves.png (see utils/training/run_folder.py).
 """
 import json
 
 from data_loader import AISegmentDataset
 from model import build_model
-from utils.checkpoint import load_starting_weights
+from utils.training.checkpoint import load_starting_weights
 from utils.distributed import (cleanup, init_distributed_mode, is_main_process, main_process_first,
                                seed_everything)
-from utils.engine import (NonFiniteLossError, augment_from_settings, build_train_loader, evaluate,
+from utils.training.engine import (NonFiniteLossError, augment_from_settings, build_train_loader, evaluate,
                           resume_training, setup_training, train_one_epoch)
-from utils.losses import MattingLoss
-from utils.results import RunFolder, load_train_settings
-from utils.settings import settings_to_dict, weights_file
+from utils.training.losses import MattingLoss
+from utils.training.run_folder import RunFolder, load_train_settings
+from utils.runs import choose_weights
+from utils.settings import settings_to_dict
 
 SCRIPT = "train_stage1"
 
@@ -41,7 +42,7 @@ def build_datasets(settings):
 
 def starting_weights(net, settings):
     """Load model_path/pth_name when named (not when resuming: the checkpoint has the weights)."""
-    path = weights_file(settings)
+    path = choose_weights(model_path=settings.model_path, pth_name=settings.pth_name)
     if path and not settings.resume:
         load_starting_weights(net, path, settings.arch)
         if is_main_process():

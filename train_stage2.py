@@ -15,21 +15,22 @@ Settings: utils/load_settings/train_stage2_settings.json, then ``--config FILE``
 a run folder), else the newest ``results_stage1/*/model/best.pth``, else from scratch (warned).
 Their architecture must be ``arch``. Results: ``<results_dir>/<project_name>_<timestamp>/`` with
 settings.json, train_log.csv, model/<model_name>_epoch<N>.pth, model/best.pth (lowest
-validation MAD), checkpoint.pth, image/epoch<N>.png and curves.png (see utils/results.py).
+validation MAD), checkpoint.pth, image/epoch<N>.png and curves.png (see utils/training/run_folder.py).
 """
 import json
 import warnings
 
 from data_loader import E2HSchedule, ForegroundDataset
 from model import build_model
-from utils.checkpoint import load_starting_weights, newest_best_weights
+from utils.training.checkpoint import load_starting_weights
 from utils.distributed import (cleanup, init_distributed_mode, is_main_process, main_process_first,
                                seed_everything)
-from utils.engine import (NonFiniteLossError, augment_from_settings, build_train_loader, evaluate,
+from utils.training.engine import (NonFiniteLossError, augment_from_settings, build_train_loader, evaluate,
                           resume_training, setup_training, train_one_epoch)
-from utils.losses import MattingLoss
-from utils.results import RunFolder, load_train_settings
-from utils.settings import Stage1Settings, settings_to_dict, weights_file
+from utils.training.losses import MattingLoss
+from utils.training.run_folder import RunFolder, load_train_settings
+from utils.runs import choose_weights
+from utils.settings import Stage1Settings, settings_to_dict
 
 SCRIPT = "train_stage2"
 
@@ -51,7 +52,8 @@ def starting_weights(net, settings):
     Not when resuming: the checkpoint has the weights."""
     if settings.resume:
         return
-    path = weights_file(settings) or newest_best_weights(Stage1Settings.results_dir)
+    path = choose_weights(model_path=settings.model_path, pth_name=settings.pth_name,
+                          newest_of=(Stage1Settings.results_dir,))
     if path is None:
         if is_main_process():
             warnings.warn("no starting weights (no model_path/pth_name and no results_stage1/*/model/best.pth): "

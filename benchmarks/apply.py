@@ -206,8 +206,8 @@ def bf16_accuracy(input_dir, model_path, size, count):
     sys.path.insert(0, REPO)
     from data_loader.image_io import read_rgb
     from model import load_model
-    from model.inference import predict_alphas
-    from utils.matting import alpha_to_uint8
+    from utils.inference.cutout import alpha_to_uint8
+    from utils.inference.predict import predict_alphas
     images = [read_rgb(p) for p in sorted(glob.glob(os.path.join(input_dir, "*")))[:count]]
     model = load_model(model_path)
     fp32 = predict_alphas(model, images, size=size, batch_size=1)
@@ -223,8 +223,9 @@ def stage_times(input_dir, model_path, size, count=4):
     sys.path.insert(0, REPO)
     from data_loader.image_io import read_rgb
     from model import load_model
-    from model.inference import alpha_to_size, prepare_model, preprocess, run_network
-    from utils.matting import alpha_to_uint8, write_png
+    from utils.inference.cutout import alpha_to_uint8
+    from utils.inference.files import write_png
+    from utils.inference.predict import alpha_to_size, prepare_model, preprocess, run_network
     t0 = time.perf_counter()
     model = prepare_model(load_model(model_path))
     times = {"load + prepare model": [time.perf_counter() - t0]}

@@ -1,6 +1,6 @@
 """Training-step speed on the CPU: channels-last and bf16 autocast against a plain fp32 NCHW step.
 
-One step = forward (logits), the L1 + unknown-band loss of utils/losses.py, backward and an Adam
+One step = forward (logits), the L1 + unknown-band loss of utils/training/losses.py, backward and an Adam
 update, on a fixed random batch. Each mode trains its own copy of the same network; the modes
 take turns step by step (so a machine shared with other work slows them alike), and the figure
 is the median over ``--steps`` steps after ``--warmup`` steps.
@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import build_model  # noqa: E402
-from utils.losses import matting_loss  # noqa: E402
+from utils.training.losses import matting_loss  # noqa: E402
 
 MODES = {"nchw-fp32": (False, None), "cl-fp32": (True, None), "cl-bf16": (True, torch.bfloat16)}
 

@@ -8,7 +8,7 @@ cache, transforms and trimaps.
 """
 from .aisegment import AISegmentDataset, index_aisegment
 from .compositing import composite
-from .e2h import E2HSchedule, SCHEDULES, SharedEpoch
+from .e2h import E2HSchedule, SharedEpoch
 from .foreground import ForegroundDataset, index_backgrounds, index_foregrounds
 from .foreground_cache import ForegroundCache, default_cache_dir, estimate_foreground
 from .image_io import IMAGE_EXTENSIONS, ImageHeader, ImageReadError, read_alpha, read_header, read_rgb
@@ -18,7 +18,7 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, Augment, eval_preset, norma
 from .trimap import EVAL_KERNEL, TRAIN_KERNEL_RANGE, unknown_band
 
 __all__ = [
-    "AISegmentDataset", "ForegroundDataset", "E2HSchedule", "SCHEDULES", "SharedEpoch", "Augment",
+    "AISegmentDataset", "ForegroundDataset", "E2HSchedule", "SharedEpoch", "Augment",
     "composite", "unknown_band", "EVAL_KERNEL", "TRAIN_KERNEL_RANGE",
     "train_preset", "eval_preset", "normalize", "IMAGENET_MEAN", "IMAGENET_STD",
     "ForegroundCache", "default_cache_dir", "estimate_foreground",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-SCHEDULES = ("step", "linear", "none")
+from utils.constants import E2H_SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,8 @@ class E2HSchedule:
     ramp_epochs: int = 100
 
     def __post_init__(self):
-        if self.kind not in SCHEDULES:
-            raise ValueError(f"e2h schedule must be one of {SCHEDULES}, got {self.kind!r}")
+        if self.kind not in E2H_SCHEDULES:
+            raise ValueError(f"e2h schedule must be one of {E2H_SCHEDULES}, got {self.kind!r}")
         if self.kind == "step" and self.update_ratio_epoch < 1:
             raise ValueError(f"update_ratio_epoch must be >= 1, got {self.update_ratio_epoch}")
         if self.kind == "linear" and self.ramp_epochs <= 0:

@@ -29,6 +29,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.fileio import atomic_write
+
 from .image_io import ImageReadError, read_alpha, read_rgb
 from .indexing import Pair  # noqa: F401  (re-exported: entries are keyed by Pair)
 
@@ -79,17 +81,6 @@ def default_cache_dir(root):
     return os.path.join(os.path.expanduser("~"), ".cache", "u2net_e2h", "foreground", digest)
 
 
-def _atomic_write(path, data):
-    tmp = f"{path}.tmp{os.getpid()}-{threading.get_ident()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _distributed_rank():
     """(rank, world size) from torchrun's environment; (0, 1) otherwise."""
     try:
@@ -118,7 +109,7 @@ class ForegroundCache:
         ignore = os.path.join(self.cache_dir, ".gitignore")
         if not os.path.exists(ignore):
             try:
-                _atomic_write(ignore, b"*\n")
+                atomic_write(ignore, b"*\n")
             except OSError:
                 pass
 
@@ -174,11 +165,11 @@ class ForegroundCache:
         try:
             if fresh:
                 _, png = cv2.imencode(".png", cv2.cvtColor(fg, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
-                _atomic_write(full_path, png.tobytes())
+                atomic_write(full_path, png.tobytes())
             if work is not None:
                 buffer = io.BytesIO()
                 np.save(buffer, work)
-                _atomic_write(work_path, buffer.getvalue())
+                atomic_write(work_path, buffer.getvalue())
             self._remove_stale(full_path)
         except OSError as err:
             if not self._warned_write:

@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 import torch
 
+from utils.constants import IMAGENET_MEAN, IMAGENET_STD
+
 from .compositing import resize_interpolation
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 @dataclass(frozen=True)

@@ -289,7 +289,7 @@ def plot_results(logs, examples, path, title=""):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
-    from make_figures import save_png
+    from utils.plots import save_png
 
     schedules = list(logs)
     n_img = 2 + len(schedules)

@@ -14,7 +14,6 @@ cached as training does), and the e2h composites ``alpha * F + (1 - alpha) * (r 
 calls. Arguments after ``--ablation`` that this script does not know go to e2h_ablation.py.
 """
 import argparse
-import io
 import os
 import sys
 
@@ -27,9 +26,9 @@ sys.path.insert(0, ROOT)
 from data_loader import (ForegroundCache, composite, default_cache_dir, index_backgrounds,  # noqa: E402
                          index_foregrounds, read_alpha, read_rgb)
 from data_loader.compositing import cover_background, solid_colour, to_unit  # noqa: E402
+from utils.plots import save_png  # noqa: E402
 
 RATIOS = (0.0, 0.5, 1.0)
-MAX_PNG_BYTES = 500_000
 
 
 def pick_foregrounds(root, count=3, split="train"):
@@ -79,22 +78,6 @@ def dataset_rows(root, count=3, ratios=RATIOS, seed=0, cache_dir=None):
     if not rows:
         raise ValueError(f"no foregrounds in {root}")
     return rows
-
-
-def save_png(fig, path, dpi, max_bytes=MAX_PNG_BYTES):
-    """Save a matplotlib figure as PNG; if larger than ``max_bytes``, as a 256-colour PNG."""
-    from PIL import Image
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    data = buffer.getvalue()
-    if len(data) > max_bytes:
-        with Image.open(io.BytesIO(data)) as im:
-            small = io.BytesIO()
-            im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(small, format="png", optimize=True)
-            data = small.getvalue()
-    with open(path, "wb") as f:
-        f.write(data)
-    return len(data)
 
 
 def save_dataset_figure(rows, path, panel_inches=1.8, dpi=72):

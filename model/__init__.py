@@ -1,6 +1,9 @@
-"""U^2-Net for human matting: the networks, building by name, and loading any checkpoint."""
-from .u2net import U2NET, U2NETP, ARCHITECTURES, build_model
-from .checkpoint import CheckpointError, detect_arch, load_model, load_state_dict_any, load_weights, strip_prefixes
+"""U^2-Net for human matting: the networks, building by name, and loading any weight file."""
+from utils.constants import ARCHITECTURES
+
+from .u2net import U2NET, U2NETP, build_model
+from .weights import (CheckpointError, detect_arch, load_model, load_state_dict_any, load_weights, strip_prefixes,
+                      unwrap)
 
 __all__ = ["U2NET", "U2NETP", "ARCHITECTURES", "build_model", "CheckpointError", "detect_arch",
-           "load_model", "load_state_dict_any", "load_weights", "strip_prefixes"]
+           "load_model", "load_state_dict_any", "load_weights", "strip_prefixes", "unwrap"]

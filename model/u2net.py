@@ -8,6 +8,8 @@ fusion ``outconv``. ``forward`` returns the seven sigmoid maps, fused first, as 
 import torch
 import torch.nn as nn
 
+from utils.constants import ARCHITECTURES
+
 from .blocks import RSU, RSU4F, upsample_like
 
 # Per stage: (block height, in, mid, out); height 0 means RSU-4F.
@@ -86,11 +88,11 @@ class U2NETP(_U2NetBase):
     stages = U2NETP_STAGES
 
 
-ARCHITECTURES = {"u2net": U2NET, "u2netp": U2NETP}
+NETWORKS = dict(zip(ARCHITECTURES, (U2NET, U2NETP)))  # names declared in utils/constants.py
 
 
 def build_model(arch="u2net", in_ch=3, out_ch=1):
     """Build an untrained network by name: ``"u2net"`` or ``"u2netp"``."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[arch](in_ch, out_ch)
+    if arch not in NETWORKS:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {list(ARCHITECTURES)}")
+    return NETWORKS[arch](in_ch, out_ch)

@@ -1,4 +1,4 @@
-"""apply.py and utils/matting.py: outputs, names, bad inputs, overwrite, exit status, no model.
+"""apply.py, utils/inference/files.py and utils/inference/cutout.py: outputs, names, bad inputs, overwrite, exit status, no model.
 
 Tiny random U2NETP weights and small photos; apply.main runs in-process (one subprocess test
 checks the exit status of the real command).
@@ -16,9 +16,11 @@ from PIL import Image
 import apply
 from data_loader.image_io import read_rgb
 from model import build_model, load_model
-from model.inference import predict_alphas
-from utils.matting import (alpha_to_uint8, collect_inputs, composite, cutout_rgba, estimate_foreground,
-                           find_newest_weights, fit_background, parse_background)
+from utils.inference.cutout import (alpha_to_uint8, composite_over, cutout_rgba, estimate_foreground_colours,
+                                    fit_background, parse_background)
+from utils.inference.files import collect_inputs
+from utils.inference.predict import predict_alphas
+from utils.runs import find_newest_weights
 
 SIZE = ["--size", "64"]  # a small network input keeps the tests fast
 
@@ -93,7 +95,7 @@ def test_cutout_colours_are_closer_to_the_true_foreground_than_the_composite():
     bg += rng.normal(0, 0.02, bg.shape).astype(np.float32)
     image = alpha_to_uint8(alpha[..., None] * fg + (1 - alpha[..., None]) * bg)
     edge = (alpha > 0.05) & (alpha < 0.95)
-    estimated = estimate_foreground(image, alpha)
+    estimated = estimate_foreground_colours(image, alpha)
     cut = cutout_rgba(estimated, alpha)
     error_cutout = np.abs(cut[..., :3][edge] / 255.0 - fg[edge]).mean()
     error_composite = np.abs(image[edge] / 255.0 - fg[edge]).mean()
@@ -101,7 +103,7 @@ def test_cutout_colours_are_closer_to_the_true_foreground_than_the_composite():
     np.testing.assert_array_equal(cut[..., 3], alpha_to_uint8(alpha))
     # composite: alpha * F + (1 - alpha) * B, over a colour and over an image fitted to the photo
     white = fit_background(parse_background("#ffffff"), h, w)
-    over = composite(estimated, alpha, white)
+    over = composite_over(estimated, alpha, white)
     assert over.shape == (h, w, 3) and over[0, 0].tolist() == [255, 255, 255]
     wide = fit_background(np.zeros((10, 30, 3), np.uint8), h, w)
     assert wide.shape == (h, w, 3)

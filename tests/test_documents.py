@@ -14,6 +14,7 @@ sys.path.insert(0, DOCUMENTS)
 
 import e2h_ablation  # noqa: E402
 import make_figures  # noqa: E402
+from utils.plots import MAX_PNG_BYTES  # noqa: E402
 
 LOG_COLUMNS = ("epoch", "lr", "mix_ratio", "train_loss", "train_fused", "train_sides", "train_unknown",
                "val_loss", "val_sad", "val_mse", "val_mad", "val_grad", "val_conn", "images_per_s", "seconds")
@@ -47,7 +48,7 @@ def test_dataset_figure(make_paixin, tmp_path):
     out = tmp_path / "figs"
     make_figures.main(["--dataset-path", root, "--out", str(out), "--count", "2"])
     (h, w, _), std, size = png_stats(out / "datasets_example.png")
-    assert w > 300 and h > 150 and std > 10 and size < make_figures.MAX_PNG_BYTES
+    assert w > 300 and h > 150 and std > 10 and size < MAX_PNG_BYTES
 
 
 def test_make_figures_rejects_ablation_arguments_without_flag(make_paixin):
@@ -119,7 +120,7 @@ def test_ablation_table_and_figure(make_paixin, tmp_path):
     assert "| e2h / no e2h | | 0.50 | 0.50 | 0.50 |" in md and "8 training photos, 2 held-out" in md
     assert "with e2h is 0.50 x that without" in md and "took 1.5 min" in md
     (h, w, _), std, size = png_stats(out / "e2h_results.png")
-    assert w > 500 and h > 400 and std > 10 and size < make_figures.MAX_PNG_BYTES
+    assert w > 500 and h > 400 and std > 10 and size < MAX_PNG_BYTES
 
 
 def test_heldout_key_matches_test_stage2(make_paixin):

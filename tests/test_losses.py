@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from utils.losses import MattingLoss, matting_loss
-from utils.lr import lr_factor
+from utils.training.losses import MattingLoss, matting_loss
+from utils.training.lr import lr_factor
 
 
 def _sigmoid(x):

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import train_stage2
-from utils.checkpoint import atomic_save
-from utils.results import TIMING_COLUMNS
+from utils.training.checkpoint import atomic_save
+from utils.training.run_folder import TIMING_COLUMNS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = ["device=cpu", "arch=u2netp", "model_name=u2netp", "image_size=64", "crop_size=48", "batch_size=2",

@@ -120,8 +120,11 @@ def test_amp_dtype():
     assert amp_dtype(cpu, "bf16") is torch.bfloat16 and amp_dtype(cpu, "fp16") is torch.float16
 
 
-def test_weights_file_in_model_path_or_its_model_folder(config, tmp_path):
-    from utils.settings import weights_file
+def test_named_weights_in_model_path_or_its_model_folder(config, tmp_path):
+    from utils.runs import named_weights
+
+    def weights_file(s):
+        return named_weights(s.model_path, s.pth_name)
     run = tmp_path / "run"
     (run / "model").mkdir(parents=True)
     (run / "model" / "best.pth").write_bytes(b"x")

@@ -1,5 +1,5 @@
 """test_stage2.py end to end (held-out split, benchmark folder, saved predictions) on tiny data,
-its outputs, its errors, and the helpers in utils/evaluation.py."""
+its outputs, its errors, and the helpers in utils/inference/evaluate.py."""
 import csv
 import json
 import os
@@ -12,9 +12,9 @@ import torch
 import test_stage2
 from data_loader import foreground_cache
 from model import build_model
-from utils.checkpoint import newest_best_weights
-from utils.evaluation import (COLUMNS, EvaluationError, Extremes, derive_trimap, match_by_stem, new_output_dir,
-                              quantize)
+from utils.inference.evaluate import (COLUMNS, EvaluationError, Extremes, derive_trimap, match_by_stem,
+                                      new_output_dir, quantize)
+from utils.runs import newest_best_weights
 
 H, W = 48, 64
 FAST = ["--set", "device=cpu", "--set", "image_size=64", "--set", "batch_size=2", "--set", "dataloader.num_worker=0"]

@@ -16,7 +16,7 @@ import train_stage1
 import train_stage2
 from model import CheckpointError, build_model, load_model
 from tests.reference_u2net import U2NETP as ReferenceU2NETP
-from utils.results import COLUMNS
+from utils.training.run_folder import COLUMNS
 from utils.settings import build_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -121,7 +121,7 @@ def test_stage2_starting_weights(make_paixin, init_weights, tmp_path, monkeypatc
 
 
 def test_nan_loss_stops_the_run_naming_epoch_and_step(make_aisegment, tmp_path, monkeypatch):
-    from utils import losses
+    from utils.training import losses
     calls = {"n": 0}
     real = losses.MattingLoss.forward
 

@@ -13,6 +13,7 @@ import sys
 
 from tqdm import tqdm
 
+from .fileio import atomic_open
 
 
 class SmoothedValue:
@@ -97,12 +98,10 @@ class CSVLog:
             if os.path.exists(self.path):
                 os.remove(self.path)
             return
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic_open(self.path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(tmp, self.path)
 
     def read(self):
         """The rows as dicts of floats (the ``epoch`` column as int)."""

@@ -1,7 +1,11 @@
 """Figures of a training run: ``curves.png`` (losses and validation metrics over the epochs) and
 ``image/epoch<N>.png`` (validation grid: input | ground truth | prediction | cut-out)."""
+import io
+
 import cv2
 import numpy as np
+
+MAX_PNG_BYTES = 500_000  # figures the README shows stay small in the repository
 
 CURVE_PANELS = (
     ("training loss (total and its terms)", ("train_loss", "train_sides", "train_unknown")),
@@ -39,6 +43,23 @@ def save_curves(rows, path):
     plt.close(fig)
 
 
+def save_png(fig, path, dpi, max_bytes=MAX_PNG_BYTES):
+    """Save a matplotlib figure as PNG; if larger than ``max_bytes``, as a 256-colour PNG.
+    Returns the file's size in bytes."""
+    from PIL import Image
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    data = buffer.getvalue()
+    if len(data) > max_bytes:
+        with Image.open(io.BytesIO(data)) as im:
+            small = io.BytesIO()
+            im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(small, format="png", optimize=True)
+            data = small.getvalue()
+    with open(path, "wb") as f:
+        f.write(data)
+    return len(data)
+
+
 def _checkerboard(h, w, square=8):
     yy, xx = np.mgrid[:h, :w]
     board = ((yy // square + xx // square) % 2).astype(np.float32)
@@ -58,7 +79,7 @@ def _tiles(rgb, gt, pred, height):
     return np.concatenate([rgb, gray(gt), gray(pred), cutout], axis=1)
 
 
-def save_grid(previews, path, height=192):
+def save_preview_grid(previews, path, height=192):
     """One row per validation image: input | ground truth | prediction | cut-out (on a checkerboard).
 
     previews: list of ``(rgb uint8 (H,W,3), gt float32 (H,W) in [0,1], pred float32 (H,W) in [0,1])``.

@@ -13,6 +13,9 @@ import os
 import typing
 from dataclasses import dataclass, field
 
+from .constants import AMP_MODES, ARCHITECTURES, E2H_SCHEDULES, LOSSES, LR_SCHEDULES, PRECISIONS
+from .runs import named_weights
+
 SETTINGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "load_settings")
 
 
@@ -106,10 +109,9 @@ class TestSettings:
 
 SCHEMAS = {"train_stage1": Stage1Settings, "train_stage2": Stage2Settings, "test_stage2": TestSettings}
 
-CHOICES = {
-    "arch": {"u2net", "u2netp"}, "lr_schedule": {"constant", "seed", "cosine"}, "loss": {"l1", "bce"},
-    "amp": {"auto", "off", "bf16", "fp16"}, "e2h.schedule": {"step", "linear", "none"},
-    "precision": {"fp32", "bf16", "fp16"},
+CHOICES = {  # the allowed values, declared once in utils/constants.py
+    "arch": ARCHITECTURES, "lr_schedule": LR_SCHEDULES, "loss": LOSSES, "amp": AMP_MODES,
+    "e2h.schedule": E2H_SCHEDULES, "precision": PRECISIONS,
 }
 POSITIVE = {"batch_size", "epoch_num", "image_size", "crop_size", "update_ratio_epoch",
             "e2h.ramp_epochs", "save_every", "lr"}
@@ -188,26 +190,13 @@ def _validate(settings, sources):
     if flat.get("dataset_path") and not os.path.isdir(flat["dataset_path"]):
         raise SettingsError(f"{sources.get('dataset_path', 'defaults')}: dataset_path "
                             f"{flat['dataset_path']!r} is not a folder")
-    if flat.get("pth_name") and weights_file(settings) is None:
+    if flat.get("pth_name") and named_weights(flat.get("model_path", ""), flat["pth_name"]) is None:
         weights = os.path.join(flat.get("model_path", ""), flat["pth_name"])
         raise SettingsError(f"{sources.get('pth_name', 'defaults')}: model_path/pth_name "
                             f"{weights!r} is not a file (nor is model_path/model/pth_name)")
     if flat.get("resume") and not os.path.isdir(flat["resume"]):
         raise SettingsError(f"{sources.get('resume', 'defaults')}: resume {flat['resume']!r} is not a run folder")
 
-
-def weights_file(settings):
-    """The weight file named by ``model_path``/``pth_name``, or None when none is named or found.
-
-    As in the seed, ``model_path`` may also be a run folder whose ``model/`` holds ``pth_name``.
-    """
-    if not settings.pth_name:
-        return None
-    for candidate in (os.path.join(settings.model_path, settings.pth_name),
-                      os.path.join(settings.model_path, "model", settings.pth_name)):
-        if os.path.isfile(candidate):
-            return candidate
-    return None
 
 
 def _flatten(d, prefix=""):

@@ -17,8 +17,9 @@ from torch.utils.data import Dataset
 from data_loader.image_io import read_alpha, read_rgb
 from data_loader.indexing import list_images
 from data_loader.trimap import EVAL_KERNEL, unknown_band
-from .matting import alpha_to_uint8 as to_uint8  # the rounding apply.py writes
-from .metrics import METRIC_NAMES, REGION_METRIC_NAMES, matting_metrics, region_metrics
+from utils.metrics import METRIC_NAMES, REGION_METRIC_NAMES, matting_metrics, region_metrics
+from utils.runs import run_folder_of
+from .cutout import alpha_to_uint8 as to_uint8  # the rounding apply.py writes
 
 COLUMNS = ("name",) + METRIC_NAMES + REGION_METRIC_NAMES
 
@@ -190,7 +191,7 @@ def panels(image, alpha, pred, height=160):
     return ([fit(image)] if image is not None else []) + shown
 
 
-def save_grid(path, rows, legend="", gap=4, header=22):
+def save_ranked_grid(path, rows, legend="", gap=4, header=22):
     """rows: list of (title, [uint8 RGB panels of one height]) -> one PNG, a titled strip per row,
     under a line of text ``legend`` (e.g. the panels' names)."""
     strips = [np.full((header, 1, 3), 255, np.uint8)] if legend else []
@@ -207,17 +208,6 @@ def save_grid(path, rows, legend="", gap=4, header=22):
     grid = np.concatenate([np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips])
     if not cv2.imwrite(path, grid[..., ::-1]):
         raise OSError(f"could not write {path}")
-
-
-def run_folder_of(weights):
-    """The training run folder holding ``weights`` (``<run>/model/<file>``, ``<run>/settings.json``), or None."""
-    if weights is None:
-        return None
-    model_dir = os.path.dirname(os.path.abspath(weights))
-    run = os.path.dirname(model_dir)
-    if os.path.basename(model_dir) == "model" and os.path.isfile(os.path.join(run, "settings.json")):
-        return run
-    return None
 
 
 def new_output_dir(weights=None, fallback="results_test"):

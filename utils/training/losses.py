@@ -14,7 +14,7 @@ Terms (every one is logged; ``total`` is what is back-propagated):
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("l1", "bce")
+from utils.constants import LOSSES
 
 
 def _unknown_l1(fused_prob, alpha, unknown):

@@ -13,7 +13,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # reference_u2net.py lives beside this file
 import reference_u2net as reference  # noqa: E402
-import model.checkpoint  # noqa: E402
+import model.weights  # noqa: E402
 from model import (U2NET, U2NETP, CheckpointError, detect_arch, load_model, load_state_dict_any,  # noqa: E402
                    load_weights, strip_prefixes)
 
@@ -69,7 +69,7 @@ def load_expecting_checkpoint_error(path, **kwargs):
     except CheckpointError as err:
         return err
     except Exception as err:  # noqa: BLE001 -- the point is to report what leaked
-        pytest.fail(f"BUG in model/checkpoint.py: load_model({path.name!r}) let torch.load's "
+        pytest.fail(f"BUG in model/weights.py: load_model({path.name!r}) let torch.load's "
                     f"{type(err).__name__}({err}) escape instead of raising CheckpointError naming the file")
     pytest.fail(f"load_model({path.name!r}) loaded a file it should refuse")
 
@@ -222,7 +222,7 @@ def test_loader_uses_weights_only(monkeypatch, weights_file):
         calls.append(kwargs)
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(model.checkpoint.torch, "load", spy)
+    monkeypatch.setattr(model.weights.torch, "load", spy)
     load_model(weights_file)
     assert calls and all(call.get("weights_only") is True for call in calls)
 

@@ -29,12 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data_loader.transforms import IMAGENET_MEAN, IMAGENET_STD  # the normalisation training used
+from model import unwrap
+from model.blocks import REBNCONV
+from utils.constants import IMAGENET_MEAN, IMAGENET_STD, PRECISIONS, RESIZE_POLICIES  # as in training
 
-from .blocks import REBNCONV
-
-RESIZE_POLICIES = ("square", "short_side")
-PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -167,16 +165,10 @@ def alpha_to_size(alpha, height, width):
 _PREPARED = weakref.WeakKeyDictionary()  # model -> (key, prepared copy); one entry per model
 
 
-def _unwrap(model):
-    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        model = model.module
-    return getattr(model, "_orig_mod", model)  # torch.compile
-
-
 def prepared(model, device="cpu", precision="fp32"):
     """``model`` itself if ``prepare_model`` made it for this device and precision, else a
     prepared copy, reused until any weight or BatchNorm statistic of ``model`` changes."""
-    model = _unwrap(model)
+    model = unwrap(model)
     if getattr(model, "_prepared_for", None) == (str(torch.device(device)), precision):
         return model
     tensors = model.state_dict(keep_vars=True).values()

@@ -1,4 +1,4 @@
-"""model/inference.py: predict_alphas against the plain network, preparation, policies, precisions."""
+"""utils/inference/predict.py: predict_alphas against the plain network, preparation, policies, precisions."""
 import copy
 
 import numpy as np
@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from model import build_model
-from model.inference import (IMAGENET_MEAN, IMAGENET_STD, FusedConvReLU, alpha_to_size, check_precision,
-                             network_input_size, predict_alphas, prepare_model, preprocess, run_network)
+from utils.constants import IMAGENET_MEAN, IMAGENET_STD
+from utils.inference.predict import (FusedConvReLU, alpha_to_size, check_precision,
+                                     network_input_size, predict_alphas, prepare_model, preprocess, run_network)
 
 
 @pytest.fixture(scope="module", autouse=True)

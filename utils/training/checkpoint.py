@@ -9,7 +9,6 @@ Two kinds of files, both readable with ``torch.load(path, weights_only=True)``:
 Every file is written to a temporary name in the same folder and renamed over the old one
 (``os.replace``), so a run killed at any moment leaves either the old file or the new one.
 """
-import glob
 import os
 import pickle
 import random
@@ -20,34 +19,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from model import CheckpointError, load_state_dict_any, load_weights
+from model import CheckpointError, load_state_dict_any, load_weights, unwrap
+from utils.fileio import atomic_open
 
 CHECKPOINT_NAME = "checkpoint.pth"
 
 
-def unwrap(model):
-    """The plain network inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
-
-
 def atomic_save(obj, path):
     """``torch.save(obj, path)`` through a temporary file and ``os.replace``."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path, "wb", fsync=True) as f:
+        torch.save(obj, f)
 
 
 def plain_state_dict(model):
@@ -129,12 +110,6 @@ def restore_rng_for_rank(ckpt, rank, world_size):
 
 
 # ---- starting weights ----------------------------------------------------------------------
-
-def newest_best_weights(results_dir):
-    """``<results_dir>/*/model/best.pth`` most recently written, or None."""
-    found = glob.glob(os.path.join(results_dir, "*", "model", "best.pth"))
-    return max(found, key=os.path.getmtime) if found else None
-
 
 def load_starting_weights(model, path, arch):
     """Load the weights in ``path`` into ``model``; their architecture must be ``arch``.

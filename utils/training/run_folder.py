@@ -19,11 +19,12 @@ import math
 import os
 import time
 
-from .engine import VAL_METRICS
+from utils.logger import CSVLog
+from utils.plots import save_curves, save_preview_grid
+from utils.runs import run_settings_path
+from utils.settings import SettingsError, add_settings_arguments, build_settings, settings_to_dict
 from .checkpoint import gather_rng_states, plain_state_dict, save_checkpoint, save_weights
-from .logger import CSVLog
-from .plots import save_curves, save_grid
-from .settings import SettingsError, add_settings_arguments, build_settings, settings_to_dict
+from .engine import VAL_METRICS
 
 COLUMNS = ("epoch", "lr", "mix_ratio", "train_loss", "train_fused", "train_sides", "train_unknown",
            "val_loss", "val_sad", "val_mse", "val_mad", "val_grad", "val_conn", "images_per_s", "seconds")
@@ -47,7 +48,7 @@ def load_train_settings(script, argv=None, description=None):
             settings = build_settings(script, args.config, args.overrides)
             resume = [settings.resume]
         if resume[-1]:
-            saved = os.path.join(resume[-1], "settings.json")
+            saved = run_settings_path(resume[-1])
             if not os.path.isfile(saved):
                 raise SettingsError(f"resume={resume[-1]}: no settings.json there; not a run folder")
             if args.config:
@@ -83,7 +84,7 @@ class RunFolder:
         self.path = settings.resume or create_run_dir(settings.results_dir, settings.project_name)
         for sub in ("model", "image"):
             os.makedirs(os.path.join(self.path, sub), exist_ok=True)
-        with open(os.path.join(self.path, "settings.json"), "w") as f:
+        with open(run_settings_path(self.path), "w") as f:
             json.dump(settings_to_dict(settings), f, indent=2)
         self.log = CSVLog(os.path.join(self.path, "train_log.csv"), start_epoch=start_epoch)
 
@@ -110,7 +111,7 @@ class RunFolder:
             save_weights(state.net, self.file("model", f"{s.model_name}_epoch{epoch}.pth"))
         if is_best:
             save_weights(state.net, self.file("model", "best.pth"))
-        save_grid(previews, self.file("image", f"epoch{epoch}.png"))
+        save_preview_grid(previews, self.file("image", f"epoch{epoch}.png"))
         row = {"epoch": epoch, "lr": lr, "mix_ratio": train["mix_ratio"], "train_loss": train["loss"],
                "train_fused": train["fused"], "train_sides": train["sides"], "train_unknown": train["unknown"],
                **{f"val_{k}": val[k] for k in VAL_METRICS},

@@ -12,7 +12,7 @@ import math
 
 from torch.optim.lr_scheduler import LambdaLR
 
-SCHEDULES = ("constant", "seed", "cosine")
+from utils.constants import LR_SCHEDULES
 
 
 def lr_factor(epoch, schedule="constant", epoch_num=1, update_ratio_epoch=10):
@@ -29,7 +29,7 @@ def lr_factor(epoch, schedule="constant", epoch_num=1, update_ratio_epoch=10):
         return 0.975 ** max(0, epoch + 1 - 11 * update_ratio_epoch)
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * epoch / epoch_num))
-    raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {schedule!r}")
+    raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
 
 
 def build_scheduler(optimizer, settings):

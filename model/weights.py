@@ -11,7 +11,9 @@ import zipfile
 
 import torch
 
-from .u2net import ARCHITECTURES, build_model
+from utils.constants import ARCHITECTURES
+
+from .u2net import build_model
 
 
 class CheckpointError(ValueError):
@@ -31,6 +33,18 @@ def strip_prefixes(state_dict):
             key = key.split(".", 1)[1]
         clean[key] = value
     return clean
+
+
+def unwrap(model):
+    """The plain network inside DataParallel/DDP (``.module``) and ``torch.compile``
+    (``._orig_mod``) wrappers, however nested."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
 
 
 def detect_arch(state_dict):

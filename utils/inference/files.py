@@ -1,7 +1,7 @@
 """Matting a set of photos into files: alpha mattes, cut-outs and composites.
 
 ``matte_files`` is the function apply.py wraps: worker threads decode and resize photos while
-the network runs on batches (``model.inference``), and writer threads resize each alpha back
+the network runs on batches (``utils.inference.predict``), and writer threads resize each alpha back
 to its photo, estimate the foreground colours (pymatting, only when a cut-out or composite is
 asked for) and write PNGs atomically. A photo that cannot be read is reported by name and
 skipped; the others go on.
@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import torch
-from PIL import ImageColor
 from tqdm import tqdm
 
 from data_loader.image_io import ImageReadError, is_image_file, read_rgb
-from utils.checkpoint import newest_best_weights
-from model.inference import (alpha_to_size, check_precision, network_input_size, prepare_model, preprocess,
-                             run_network)
+from utils.fileio import atomic_write
+from .cutout import alpha_to_uint8, composite_over, cutout_rgba, estimate_foreground_colours, fit_background, parse_background
+from .predict import (alpha_to_size, check_precision, network_input_size, prepare_model, preprocess,
+                      run_network)
 
 OUTPUT_KINDS = ("alpha", "cutout", "composite")
 PNG_COMPRESSION = 1  # zlib level: 1 writes 3-5x faster than 6 for ~10 % larger files
@@ -125,83 +125,8 @@ def write_png(path, image):
     ok, data = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
-    folder, base = os.path.split(path)
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{base}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.tobytes())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def find_newest_weights(roots=(".",)):
-    """The newest ``results_stage2/<run>/model/best.pth`` under any of ``roots``, else the
-    newest ``results_stage1/...``; None when there is none."""
-    for stage in ("results_stage2", "results_stage1"):
-        found = [newest_best_weights(os.path.join(root, stage)) for root in roots]
-        found = [os.path.realpath(p) for p in found if p is not None]
-        if found:
-            return max(found, key=os.path.getmtime)
-    return None
-
-
-# ---------------------------------------------------------------- cut-outs and composites
-def alpha_to_uint8(alpha):
-    """float alpha in [0,1] -> uint8, rounded half to even: the values apply.py writes, and
-    also test_stage2.py's PNGs (``utils.evaluation`` uses this function)."""
-    scaled = np.clip(alpha, 0.0, 1.0)  # one temporary, whatever the size
-    scaled *= 255.0
-    return np.round(scaled, out=scaled).astype(np.uint8)
-
-
-def parse_background(spec):
-    """A colour (``#00ff00``, ``#0f0``, ``green``, ``rgb(0,255,0)``) -> uint8 (3,); an image
-    file -> uint8 (H,W,3). Raises ValueError naming ``spec`` otherwise."""
-    if os.path.isfile(spec):
-        return read_rgb(spec)
-    try:
-        return np.array(ImageColor.getrgb(spec)[:3], dtype=np.uint8)
-    except ValueError as err:
-        raise ValueError(f"--background {spec!r} is neither an image file nor a colour "
-                         "(e.g. #00ff00, white)") from err
-
-
-def fit_background(background, height, width):
-    """Colour (3,) or image (h,w,3) -> float32 (height,width,3) or (3,) in [0,1]; an image is
-    scaled to cover the photo and centre-cropped (aspect ratio kept)."""
-    if background.ndim == 1:
-        return background.astype(np.float32) / 255.0
-    h, w = background.shape[:2]
-    scale = max(height / h, width / w)
-    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
-    resized = cv2.resize(background, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    top, left = (new_h - height) // 2, (new_w - width) // 2
-    return resized[top:top + height, left:left + width].astype(np.float32) / 255.0
-
-
-def estimate_foreground(image, alpha):
-    """uint8 RGB (H,W,3) + float32 alpha (H,W) -> float32 foreground colours (H,W,3) in [0,1]
-    (pymatting's multi-level estimate: hair edges keep no trace of the old background)."""
-    from pymatting import estimate_foreground_ml  # numba: ~1 s to import, only when needed
-    foreground = estimate_foreground_ml(np.divide(image, 255.0, dtype=np.float32), alpha)
-    return np.clip(foreground, 0.0, 1.0, out=foreground)
-
-
-def cutout_rgba(foreground, alpha):
-    """float32 foreground (H,W,3) in [0,1] + alpha (H,W) -> uint8 RGBA (H,W,4)."""
-    return np.dstack([alpha_to_uint8(foreground), alpha_to_uint8(alpha)])
-
-
-def composite(foreground, alpha, background):
-    """``alpha * foreground + (1 - alpha) * background`` -> uint8 RGB; background as returned by
-    ``fit_background``."""
-    out = foreground - background  # in place from here: 24 MP photos make 288 MB arrays
-    out *= alpha[..., None]
-    out += background
-    return alpha_to_uint8(out)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    atomic_write(path, data.tobytes())
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -249,11 +174,11 @@ def matte_files(model, inputs, output_dir, *, outputs=("alpha", "cutout"), backg
                 overwrite=False, progress=True, note=None):
     """Matte every ``InputFile`` in ``inputs`` into ``<output_dir>/<kind>/<name>.png``.
 
-    model: U2NET/U2NETP, made ready in place by ``model.inference.prepare_model`` (so for
+    model: U2NET/U2NETP, made ready in place by ``utils.inference.predict.prepare_model`` (so for
     inference only afterwards). outputs: subset of ``OUTPUT_KINDS``: ``alpha`` 8-bit gray,
     ``cutout`` RGBA with estimated foreground colours, ``composite`` RGB over ``background``
     (a colour string, an image path, or ``parse_background``'s array). size, resize, device,
-    precision: as ``model.inference.predict_alphas`` (bf16 on a CPU without native bf16 is
+    precision: as ``utils.inference.predict.predict_alphas`` (bf16 on a CPU without native bf16 is
     refused). batch_size: photos per network call. workers: decoding threads (one more thread
     writes). overwrite: replace existing outputs (else each is kept, with a note). note: called
     with each message (default: print to stderr; above the progress bar when ``progress``).
@@ -312,13 +237,13 @@ class _Run:
             if "alpha" in kinds:
                 write_png(output_path(self.output_dir, "alpha", item.name), alpha_to_uint8(alpha))
             if "cutout" in kinds or "composite" in kinds:
-                foreground = estimate_foreground(image, alpha)
+                foreground = estimate_foreground_colours(image, alpha)
                 if "cutout" in kinds:
                     write_png(output_path(self.output_dir, "cutout", item.name), cutout_rgba(foreground, alpha))
                 if "composite" in kinds:
                     background = fit_background(self.background, *shape)
                     write_png(output_path(self.output_dir, "composite", item.name),
-                              composite(foreground, alpha, background))
+                              composite_over(foreground, alpha, background))
         except (OSError, cv2.error, ValueError, MemoryError) as err:
             return self.finish(item, f"writing failed: {err}")
         self.finish(item)

@@ -3,7 +3,7 @@
 ``setup_training`` puts the network on its device (channels-last), wraps it for the step
 (logits out, then DDP, then ``torch.compile`` if asked) and builds Adam, the lr schedule and the
 AMP GradScaler. ``train_one_epoch`` runs the step; ``evaluate`` measures the validation split at
-full resolution through ``model.inference.predict_alphas``, exactly as ``test_stage2.py`` and
+full resolution through ``utils.inference.predict.predict_alphas``, exactly as ``test_stage2.py`` and
 ``apply.py`` predict. ``resume_training`` restores a run from its ``checkpoint.pth``.
 """
 import math
@@ -17,13 +17,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from data_loader import Augment
 from model import load_weights
-from model.inference import predict_alphas
+from utils.device import amp_dtype
+from utils.distributed import DistInfo, all_reduce_sum
+from utils.inference.predict import predict_alphas
+from utils.logger import MetricLogger
+from utils.metrics import matting_metrics
 from .checkpoint import load_checkpoint, restore_rng_for_rank
-from .device import amp_dtype
-from .distributed import DistInfo, all_reduce_sum
-from .logger import MetricLogger
 from .lr import build_scheduler
-from .metrics import matting_metrics
 
 LOSS_TERMS = ("total", "fused", "sides", "unknown")
 VAL_METRICS = ("loss", "sad", "mse", "mad", "grad", "conn")

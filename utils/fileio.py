@@ -1,0 +1,37 @@
+"""Writing files so that a reader, or a run killed at any instant, sees the old file or the new
+one, never half of one: write to a temporary name in the same folder, then ``os.replace``."""
+import contextlib
+import os
+import threading
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="wb", fsync=False, **kwargs):
+    """Open a temporary file beside ``path`` for writing; on leaving the block without an error
+    it replaces ``path`` (``os.replace``), else it is removed and ``path`` is left as it was.
+
+    ``fsync``: flush the data to the disk before the rename (for commit points such as
+    ``checkpoint.pth``; it costs milliseconds a file). The temporary name holds the process and
+    thread ids, so concurrent writers of one file never share it.
+
+    >>> with atomic_open("out.csv", "w", newline="") as f:
+    ...     f.write("a,b\\n")
+    """
+    folder, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{base}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write(path, data, fsync=False):
+    """Write ``data`` (bytes) to ``path`` atomically (see ``atomic_open``)."""
+    with atomic_open(path, "wb", fsync=fsync) as f:
+        f.write(data)

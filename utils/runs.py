@@ -1,0 +1,94 @@
+"""Where a script finds its weights and a training run's settings: one rule for every script.
+
+A training run is a folder ``<results_dir>/<project_name>_<timestamp>/`` holding
+``settings.json`` and ``model/best.pth`` (see ``utils/training/run_folder.py``). Which weights a
+script uses, in order (``choose_weights``):
+
+1. a file named explicitly (``apply.py --model FILE``);
+2. ``model_path``/``pth_name`` from the settings, where ``model_path`` may be the folder of the
+   file or, as in the seed, a run folder whose ``model/`` holds ``pth_name``;
+3. the most recently written ``<stage>/*/model/best.pth`` of the first results folder in
+   ``newest_of`` that has one (e.g. stage 2, else stage 1), looked for under each of ``roots``;
+4. none (the caller says what to do: train from scratch, or an error that says how to get weights).
+"""
+import glob
+import json
+import os
+
+SETTINGS_FILE = "settings.json"
+
+
+def named_weights(model_path, pth_name):
+    """The file ``model_path/pth_name`` or ``model_path/model/pth_name``; None when ``pth_name``
+    is empty or neither exists."""
+    if not pth_name:
+        return None
+    for candidate in (os.path.join(model_path, pth_name), os.path.join(model_path, "model", pth_name)):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def newest_best_weights(results_dir):
+    """``<results_dir>/*/model/best.pth`` most recently written, or None."""
+    found = glob.glob(os.path.join(results_dir, "*", "model", "best.pth"))
+    return max(found, key=os.path.getmtime) if found else None
+
+
+def find_newest_weights(roots=(".",), stages=("results_stage2", "results_stage1")):
+    """The newest ``<root>/<stage>/<run>/model/best.pth`` over ``roots`` for the first stage in
+    ``stages`` that has any, as found under the first root holding it; None when there is none."""
+    for stage in stages:
+        found = [newest_best_weights(os.path.join(root, stage)) for root in roots]
+        found = [p for p in found if p is not None]
+        if found:
+            return max(found, key=os.path.getmtime)
+    return None
+
+
+def choose_weights(explicit=None, model_path="", pth_name="", newest_of=(), roots=(".",)):
+    """The weight file a script uses, by the rule in the module docstring; None when none."""
+    if explicit:
+        return explicit
+    named = named_weights(model_path, pth_name)
+    if named or not newest_of:
+        return named
+    return find_newest_weights(roots, newest_of)
+
+
+def run_folder_of(weights):
+    """The training run folder holding ``weights`` (``<run>/model/<file>`` with
+    ``<run>/settings.json``), or None."""
+    if weights is None:
+        return None
+    model_dir = os.path.dirname(os.path.abspath(weights))
+    run = os.path.dirname(model_dir)
+    if os.path.basename(model_dir) == "model" and os.path.isfile(os.path.join(run, SETTINGS_FILE)):
+        return run
+    return None
+
+
+def run_settings_path(run_dir):
+    """``<run_dir>/settings.json`` (whether or not it exists)."""
+    return os.path.join(run_dir, SETTINGS_FILE)
+
+
+def read_run_settings(run_dir):
+    """The dict a run saved in its ``settings.json``; None when there is none or it is unreadable."""
+    try:
+        with open(run_settings_path(run_dir)) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def settings_near(weights):
+    """``(settings dict, path)`` of the ``settings.json`` beside ``weights`` or one folder up
+    (``<run>/model/best.pth``); ``(None, None)`` when there is none."""
+    folder = os.path.dirname(os.path.abspath(weights))
+    for run in (folder, os.path.dirname(folder)):
+        saved = read_run_settings(run)
+        if saved is not None:
+            return saved, run_settings_path(run)
+    return None, None
