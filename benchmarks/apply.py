@@ -156,7 +156,7 @@ def _tree_pss_kb(pid):
     return total
 
 
-def measure(cmd, env=None, pss_interval=0.0):
+def measure_process(cmd, env=None, pss_interval=0.0):
     """Run ``cmd``; return (wall s, peak RSS of the child MB, peak tree PSS MB sampled every
     ``pss_interval`` s (0: not sampled, NaN), CPU s of the child and its reaped descendants)."""
     start = time.perf_counter()
@@ -305,7 +305,7 @@ def main():
     env = dict(os.environ, PYTHONPATH=REPO)
     for repeat in range(args.repeats):
         for label, cmd, _ in runs:
-            wall, rss, pss, cpu = measure(cmd, env, args.tree_pss)
+            wall, rss, pss, cpu = measure_process(cmd, env, args.tree_pss)
             results[label].append((wall, rss, pss, cpu))
             print(f"  run {repeat + 1}/{args.repeats} {label}: {wall:.2f} s, CPU {cpu:.1f} s, peak RSS {rss:.0f} MB, "
                   + (f"tree PSS {pss:.0f} MB, " if args.tree_pss else "") + f"load {os.getloadavg()[0]:.2f}", flush=True)

@@ -98,7 +98,7 @@ def one_run(dataset, n, count, seed):
     return count / (time.perf_counter() - start)
 
 
-def measure(loaders, n, repeats):
+def measure_loaders(loaders, n, repeats):
     """Runs of each (name, dataset, count) interleaved (so a busy machine slows both alike)
     -> {name: list of samples/s}."""
     runs = {name: [] for name, _, _ in loaders}
@@ -155,7 +155,7 @@ def main():
             seed = SeedStage2(ds, ds.schedule.ratio(ds.epoch)) if args.stage == 2 else SeedStage1(ds)
             seed[0]  # warm-up (numba)
             loaders.append((BASELINE, seed, args.baseline_samples))
-        runs = measure(loaders, len(ds), args.repeats)
+        runs = measure_loaders(loaders, len(ds), args.repeats)
         medians = {name: statistics.median(r) for name, r in runs.items()}
         for name, _, count in loaders:
             print(f"{name}: median {medians[name]:.2f} samples/s over {args.repeats} runs of {count} "
