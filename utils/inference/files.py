@@ -21,14 +21,13 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from data_loader.image_io import ImageReadError, is_image_file, read_rgb
 from utils.fileio import atomic_write
 from .cutout import alpha_to_uint8, composite_over, cutout_rgba, estimate_foreground_colours, fit_background, parse_background
-from .predict import (alpha_to_size, check_precision, network_input_size, prepare_model, preprocess,
-                      run_network)
+from .onnx_model import OnnxModel
+from .preprocess import alpha_to_size, network_input_size, preprocess  # no torch: .onnx models run without it
 
 OUTPUT_KINDS = ("alpha", "cutout", "composite")
 PNG_COMPRESSION = 1  # zlib level: 1 writes 3-5x faster than 6 for ~10 % larger files
@@ -130,9 +129,7 @@ def write_png(path, image):
 
 
 # ---------------------------------------------------------------- the pipeline
-def _check(model, outputs, size, resize, device, precision, batch_size, workers, background):
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+def _check(outputs, size, resize, batch_size, workers, background):
     unknown = [k for k in outputs if k not in OUTPUT_KINDS]
     if not outputs or unknown:
         raise ValueError(f"outputs must be a non-empty subset of {OUTPUT_KINDS}, got {list(outputs)}")
@@ -143,9 +140,30 @@ def _check(model, outputs, size, resize, device, precision, batch_size, workers,
         raise ValueError(f"batch_size and workers must be >= 1, got {batch_size} and {workers}")
     if "composite" in outputs and background is None:
         raise ValueError("a composite needs a background (a colour or an image)")
+
+
+def _network(model, device, precision, size, resize):
+    """The network as a function: float32 (B,3,h,w) array -> alpha float32 (B,h,w). An
+    ``OnnxModel`` is one already; a PyTorch model is prepared for ``device`` and ``precision``
+    (torch is imported only then). Raises ValueError / TypeError before any work."""
+    if isinstance(model, OnnxModel):
+        model.check_precision(precision)
+        if model.fixed_size and resize != "square":
+            raise ValueError(f"{model.path} takes only fixed-size inputs (exported with --static): use --resize square")
+        model.check_size(size, size)
+        return model
+    import torch
+
+    from .predict import check_precision, prepare_model, run_network
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module or an OnnxModel, got {type(model).__name__}")
+    device = torch.device(device)
     warning = check_precision(device, precision)
     if warning:  # emulated bf16 runs ~15x slower than fp32: refuse rather than crawl
         raise ValueError(f"--precision {precision}: {warning}; use fp32")
+    net = prepare_model(model, device, precision)
+    return lambda batch: run_network(net, torch.from_numpy(batch).to(device)).numpy()
 
 
 def _plan(inputs, output_dir, outputs, overwrite, report, note):
@@ -175,7 +193,8 @@ def matte_files(model, inputs, output_dir, *, outputs=("alpha", "cutout"), backg
     """Matte every ``InputFile`` in ``inputs`` into ``<output_dir>/<kind>/<name>.png``.
 
     model: U2NET/U2NETP, made ready in place by ``utils.inference.predict.prepare_model`` (so for
-    inference only afterwards). outputs: subset of ``OUTPUT_KINDS``: ``alpha`` 8-bit gray,
+    inference only afterwards), or an ``OnnxModel`` (``load_any_model("x.onnx")``: then torch
+    is not imported, and ``device`` is the one it was loaded for). outputs: subset of ``OUTPUT_KINDS``: ``alpha`` 8-bit gray,
     ``cutout`` RGBA with estimated foreground colours, ``composite`` RGB over ``background``
     (a colour string, an image path, or ``parse_background``'s array). size, resize, device,
     precision: as ``utils.inference.predict.predict_alphas`` (bf16 on a CPU without native bf16 is
@@ -184,11 +203,11 @@ def matte_files(model, inputs, output_dir, *, outputs=("alpha", "cutout"), backg
     with each message (default: print to stderr; above the progress bar when ``progress``).
     Raises ValueError for bad arguments, before any work. Returns a ``MatteReport``.
     """
-    device = torch.device(device)
-    _check(model, outputs, size, resize, device, precision, batch_size, workers, background)
+    _check(outputs, size, resize, batch_size, workers, background)
+    network = _network(model, device, precision, size, resize)
     if "composite" in outputs and isinstance(background, str):
         background = parse_background(background)
-    run = _Run(prepare_model(model, device, precision), output_dir, outputs, background, size, resize, device,
+    run = _Run(network, output_dir, outputs, background, size, resize, device,
                batch_size, progress, note or (lambda message: print(message, file=sys.stderr)))
     try:
         run.process(_plan(inputs, output_dir, outputs, overwrite, run.report, run.say), len(inputs), workers)
@@ -249,8 +268,8 @@ class _Run:
         self.finish(item)
 
     def run_batch(self, batch, writer, writing):
-        x = torch.from_numpy(np.stack([entry[2] for entry in batch])).to(self.device)
-        for (item, kinds, _, shape, image), small in zip(batch, run_network(self.model, x).numpy()):
+        alphas = self.model(np.stack([entry[2] for entry in batch]))  # ``_network``'s function
+        for (item, kinds, _, shape, image), small in zip(batch, alphas):
             while len(writing) > 2 * self.batch_size + 1:  # bound the memory queued writes hold
                 writing.popleft().result()
             writing.append(writer.submit(self.write, item, kinds, small, shape, image))

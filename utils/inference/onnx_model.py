@@ -110,6 +110,13 @@ class OnnxModel:
             raise ValueError(f"{self.path} takes only {self.fixed_size[0]}x{self.fixed_size[1]} inputs "
                              f"(exported with --static), not {height}x{width}: use --size {self.fixed_size[0]}")
 
+    def check_precision(self, precision):
+        """Raise ValueError unless ``precision`` is fp32 (the default: as exported) or the
+        file's own: the graph's precision was fixed by export.py."""
+        if precision not in ("fp32", self.precision):
+            raise ValueError(f"--precision {precision}: {self.path} runs at the precision it was exported with "
+                             f"({self.precision}); for fp16 export with python export.py --precision fp16")
+
     def __call__(self, batch):
         """batch: float32 (B,3,h,w) ImageNet-normalised -> fused alpha, float32 (B,h,w) in [0,1]."""
         batch = np.ascontiguousarray(batch, dtype=self.input_dtype)

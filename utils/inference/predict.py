@@ -23,7 +23,6 @@ not change), so apply.py, test_stage2.py and validation agree exactly.
 import copy
 import weakref
 
-import cv2
 import numpy as np
 import torch
 import torch.nn as nn
@@ -31,37 +30,12 @@ import torch.nn.functional as F
 
 from model import unwrap
 from model.blocks import REBNCONV
-from utils.constants import IMAGENET_MEAN, IMAGENET_STD, PRECISIONS, RESIZE_POLICIES  # as in training
+from utils.constants import PRECISIONS
+
+from .onnx_model import OnnxModel
+from .preprocess import alpha_to_size, network_input_size, preprocess  # noqa: F401  (re-exported)
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def network_input_size(height, width, size=320, resize="square"):
-    """(height, width) of the network input for a ``height x width`` photo."""
-    if resize == "square":
-        return size, size
-    if resize == "short_side":
-        scale = size / min(height, width)
-        return max(size, round(height * scale)), max(size, round(width * scale))
-    raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
-
-
-def _resize(array, out_h, out_w):
-    h, w = array.shape[:2]
-    if (h, w) == (out_h, out_w):
-        return array
-    shrink = out_h < h and out_w < w
-    return cv2.resize(array, (out_w, out_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def preprocess(image, size=320, resize="square"):
-    """uint8 RGB (H,W,3) -> float32 (3,h,w) network input: resized (see the module docstring),
-    /255, ImageNet mean/std normalised."""
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected a uint8 (H,W,3) RGB image, got {image.dtype} {image.shape}")
-    small = _resize(image, *network_input_size(*image.shape[:2], size=size, resize=resize))
-    x = (small.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 class FusedConvReLU(nn.Module):
@@ -150,16 +124,13 @@ def check_precision(device, precision):
 def run_network(model, batch):
     """batch: float32 (B,3,h,w) tensor on the device of ``model`` (made by ``prepare_model``)
     -> fused alpha, float32 (B,h,w) in [0,1] on the CPU. The input is cast to the model's
-    precision; the final sigmoid is taken in float32."""
+    precision; the final sigmoid is taken in float32. ``model`` may be an ``OnnxModel`` (an
+    exported graph in onnxruntime, on the device it was loaded for): same input, same output."""
+    if isinstance(model, OnnxModel):
+        return torch.from_numpy(model(batch.cpu().numpy()))
     dtype = next(model.parameters()).dtype
     batch = batch.to(dtype=dtype, memory_format=torch.channels_last)
     return torch.sigmoid(model.forward_logits(batch)[0].float())[:, 0].cpu()
-
-
-def alpha_to_size(alpha, height, width):
-    """float32 (h,w) network alpha -> float32 (height,width) in [0,1], bilinear (area when
-    shrinking)."""
-    return np.clip(_resize(np.asarray(alpha, dtype=np.float32), height, width), 0.0, 1.0)
 
 
 _PREPARED = weakref.WeakKeyDictionary()  # model -> (key, prepared copy); one entry per model
@@ -191,11 +162,18 @@ def predict_alphas(model, images, size=320, device="cpu", precision="fp32", batc
     stay the same; pass a model from ``prepare_model`` to avoid the copy). Consecutive images
     with the same network input shape are batched, ``batch_size`` at most.
 
+    ``model`` may also be an ``OnnxModel`` (``load_any_model("x.onnx")``): it runs at the
+    precision and on the device it was exported and loaded for (``device`` is not used).
+
     >>> alphas = predict_alphas(load_model("best.pth"), [read_rgb("photo.jpg")])
     """
-    device = torch.device(device)
-    check_precision(device, precision)  # raises for an impossible pair; emulated bf16 is allowed
-    net = prepared(model, device, precision)
+    if isinstance(model, OnnxModel):
+        model.check_precision(precision)
+        device, net = torch.device("cpu"), model  # inputs and outputs pass through numpy
+    else:
+        device = torch.device(device)
+        check_precision(device, precision)  # raises for an impossible pair; emulated bf16 is allowed
+        net = prepared(model, device, precision)
     alphas = []
     inputs = [preprocess(image, size, resize) for image in images]
     start = 0
