@@ -53,6 +53,16 @@ class MatteReport:
     def ok(self):
         return not self.failed
 
+    @classmethod
+    def merge(cls, reports):
+        """One report from the processes' reports (torchrun): lists joined, the longest time."""
+        merged = cls(seconds=max((r.seconds for r in reports), default=0.0))
+        for r in reports:
+            merged.done += r.done
+            merged.skipped += r.skipped
+            merged.failed += r.failed
+        return merged
+
     def summary(self):
         rate = len(self.done) / self.seconds if self.seconds > 0 else 0.0
         return (f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed "
@@ -112,6 +122,23 @@ def collect_inputs(specs, recursive=False, exclude=None):
     return files, problems
 
 
+def output_key(name):
+    """What two inputs must not share: their outputs would overwrite each other (``a.jpg`` and
+    ``a.png`` both give ``a.png``)."""
+    return os.path.normcase(os.path.splitext(name)[0])
+
+
+def share_inputs(inputs, rank, world_size):
+    """This process's share of ``inputs`` under torchrun: each file goes to exactly one of
+    ``world_size`` processes, by the index of its output name (``output_key``) in input order
+    modulo the world size. Inputs whose names clash stay together, so every process reports
+    the same clashes that one process would."""
+    keys = {}
+    for item in inputs:
+        keys.setdefault(output_key(item.name), len(keys))
+    return [item for item in inputs if keys[output_key(item.name)] % world_size == rank]
+
+
 def output_path(output_dir, kind, name):
     """``<output_dir>/<kind>/<name's folders>/<name's stem>.png``."""
     return os.path.join(output_dir, kind, os.path.splitext(name)[0] + ".png")
@@ -129,9 +156,9 @@ def write_png(path, image):
 
 
 # ---------------------------------------------------------------- the pipeline
-def _check(outputs, size, resize, batch_size, workers, background):
+def _check(outputs, size, resize, batch_size, workers, background, on_alpha):
     unknown = [k for k in outputs if k not in OUTPUT_KINDS]
-    if not outputs or unknown:
+    if (not outputs and on_alpha is None) or unknown:
         raise ValueError(f"outputs must be a non-empty subset of {OUTPUT_KINDS}, got {list(outputs)}")
     if size < 32:
         raise ValueError(f"size must be >= 32, got {size}")
@@ -177,6 +204,9 @@ def _plan(inputs, output_dir, outputs, overwrite, report, note):
             continue
         owner[key] = item.path
         kinds = [k for k in outputs if overwrite or not os.path.exists(output_path(output_dir, k, item.name))]
+        if not outputs:  # only ``on_alpha``: its caller decided what to do
+            jobs.append((item, kinds))
+            continue
         if len(kinds) < len(outputs):
             existing = ", ".join(k for k in outputs if k not in kinds)
             note(f"{'skipped' if not kinds else 'kept'} existing {existing} of {item.name} (--overwrite replaces)")
@@ -189,7 +219,7 @@ def _plan(inputs, output_dir, outputs, overwrite, report, note):
 
 def matte_files(model, inputs, output_dir, *, outputs=("alpha", "cutout"), background="#ffffff",
                 size=320, resize="square", device="cpu", precision="fp32", batch_size=1, workers=2,
-                overwrite=False, progress=True, note=None):
+                overwrite=False, progress=True, note=None, on_alpha=None):
     """Matte every ``InputFile`` in ``inputs`` into ``<output_dir>/<kind>/<name>.png``.
 
     model: U2NET/U2NETP, made ready in place by ``utils.inference.predict.prepare_model`` (so for
@@ -201,14 +231,18 @@ def matte_files(model, inputs, output_dir, *, outputs=("alpha", "cutout"), backg
     refused). batch_size: photos per network call. workers: decoding threads (one more thread
     writes). overwrite: replace existing outputs (else each is kept, with a note). note: called
     with each message (default: print to stderr; above the progress bar when ``progress``).
-    Raises ValueError for bad arguments, before any work. Returns a ``MatteReport``.
+    on_alpha: called in the writer thread as ``on_alpha(item, image, alpha)`` (uint8 RGB (H,W,3),
+    float32 (H,W) in [0,1]) after the outputs asked for are written; ``outputs`` may then be
+    empty (make_dataset.py writes its own files). An OSError or ValueError it raises fails
+    that file, by name. Raises ValueError for bad arguments, before any work. Returns a ``MatteReport``.
     """
-    _check(outputs, size, resize, batch_size, workers, background)
+    _check(outputs, size, resize, batch_size, workers, background, on_alpha)
     network = _network(model, device, precision, size, resize)
     if "composite" in outputs and isinstance(background, str):
         background = parse_background(background)
     run = _Run(network, output_dir, outputs, background, size, resize, device,
                batch_size, progress, note or (lambda message: print(message, file=sys.stderr)))
+    run.on_alpha, run.needs_image = on_alpha, run.needs_image or on_alpha is not None
     try:
         run.process(_plan(inputs, output_dir, outputs, overwrite, run.report, run.say), len(inputs), workers)
     finally:
@@ -219,6 +253,8 @@ def matte_files(model, inputs, output_dir, *, outputs=("alpha", "cutout"), backg
 
 class _Run:
     """One ``matte_files`` call: decode in threads -> network in batches -> write in a thread."""
+
+    on_alpha = None
 
     def __init__(self, model, output_dir, outputs, background, size, resize, device, batch_size, progress, note):
         self.model, self.output_dir, self.background = model, output_dir, background
@@ -263,6 +299,8 @@ class _Run:
                     background = fit_background(self.background, *shape)
                     write_png(output_path(self.output_dir, "composite", item.name),
                               composite_over(foreground, alpha, background))
+            if self.on_alpha is not None:
+                self.on_alpha(item, image, alpha)
         except (OSError, cv2.error, ValueError, MemoryError) as err:
             return self.finish(item, f"writing failed: {err}")
         self.finish(item)
