@@ -1,6 +1,8 @@
 """Matte a folder of photos: alpha mattes, clean cut-outs and composites, at full resolution.
 
+    python apply.py                                    # the bundled examples -> results_apply/
     python apply.py --input photos/ --output results_apply/
+    python apply.py --input photos/ --output out --model u2net_mine.onnx   # onnxruntime (export.py)
     python apply.py --input photos/ --recursive --input "more/*.jpg" --output out \\
         --outputs alpha,cutout,composite --background "#00ff00" --model best.pth
     python apply.py --input photos/ --output out --outputs alpha --precision bf16   # AVX512-BF16/AMX CPU
@@ -11,7 +13,10 @@ foreground colours estimated with pymatting, so hair keeps no fringe of the old 
 keep the input's sub-folders (relative to the folder or glob given) and stem. Existing outputs
 are kept unless ``--overwrite``. Unreadable files are reported by name and skipped; the exit
 status is 1 when any input failed. Without ``--model``: the best weights of the newest stage-2
-run (``results_stage2/<run>/model/best.pth``), else of stage 1.
+run (``results_stage2/<run>/model/best.pth``), else of stage 1. Without ``--input``: the bundled
+examples (``data_examples/paixin_comp_mod/*/raw_image``), as the seed's ``python apply.py``; without
+``--output``: ``results_apply/``. An ``.onnx`` model (export.py) runs with onnxruntime, and then
+PyTorch is not imported at all.
 
 Network input: each photo resized to ``--size`` x ``--size`` (default 320, aspect not kept), as
 the original U-2-Net test script; ``--resize short_side`` keeps the aspect ratio (the scale
@@ -23,16 +28,13 @@ import os
 import sys
 import time
 
-import torch
-
 REPO = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, REPO)
 
-from model import CheckpointError, load_model  # noqa: E402
 from utils.constants import PRECISIONS, RESIZE_POLICIES  # noqa: E402
-from utils.device import resolve_device  # noqa: E402
 from utils.inference.cutout import parse_background  # noqa: E402
 from utils.inference.files import OUTPUT_KINDS, collect_inputs, matte_files  # noqa: E402
+from utils.inference.onnx_model import OnnxModel, is_onnx_path, load_any_model  # noqa: E402
 from utils.runs import choose_weights  # noqa: E402
 
 NO_MODEL = """no model found: pass --model FILE (U2NET or U2NETP weights, e.g. the original
@@ -40,16 +42,19 @@ U-2-Net's u2net.pth or a results_stage*/<run>/model/best.pth), or train one:
     python train_stage1.py      # AISegment portraits -> results_stage1/<run>/model/best.pth
     python train_stage2.py      # easy-to-hard composites -> results_stage2/<run>/model/best.pth
 apply.py then picks the newest stage-2 (else stage-1) best.pth by itself."""
+EXAMPLES = os.path.join(REPO, "data_examples", "paixin_comp_mod", "*", "raw_image", "*")
+DEFAULT_OUTPUT = "results_apply"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", action="append", required=True, metavar="PATH",
-                   help="an image, a folder or a glob (quote it); repeatable")
-    p.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--input", action="append", metavar="PATH",
+                   help="an image, a folder or a glob (quote it); repeatable (default: the bundled examples)")
+    p.add_argument("--output", default=DEFAULT_OUTPUT, metavar="DIR", help=f"output folder (default: {DEFAULT_OUTPUT})")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
-    p.add_argument("--model", metavar="FILE", help="weights (default: newest results_stage2/1 best.pth)")
+    p.add_argument("--model", metavar="FILE",
+                   help="weights or an .onnx from export.py (default: newest results_stage2/1 best.pth)")
     p.add_argument("--outputs", default="alpha,cutout",
                    help=f"comma-separated subset of {','.join(OUTPUT_KINDS)} (default: alpha,cutout)")
     p.add_argument("--background", default="#ffffff",
@@ -64,7 +69,7 @@ def parse_args(argv=None):
                    help="images per network call (default: 1 on CPU, 8 on CUDA)")
     p.add_argument("--workers", type=int, default=2, help="decoding threads (default: 2)")
     p.add_argument("--threads", type=int, default=None,
-                   help="threads for the network on a CPU (default: PyTorch's, the core count)")
+                   help="threads for the network on a CPU (default: the core count)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -91,10 +96,38 @@ def resolve_model_path(path):
     return choose_weights(path, newest_of=("results_stage2", "results_stage1"), roots=(os.getcwd(), REPO))
 
 
+def load_network(args):
+    """(model, its file, device, batch size) for ``args``: an ``OnnxModel`` for an .onnx file
+    (onnxruntime: torch is never imported), else the PyTorch network. Raises ValueError."""
+    model_path = resolve_model_path(args.model)
+    if model_path is None:
+        raise ValueError(NO_MODEL)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if is_onnx_path(model_path):
+        model = load_any_model(model_path, device=args.device, threads=args.threads)
+        device = model.device
+    else:
+        import torch
+
+        from utils.device import resolve_device
+
+        device = resolve_device(args.device)
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        model = load_any_model(model_path, device=device)
+    batch_size = args.batch_size or (8 if str(device).startswith("cuda") else 1)
+    return model, model_path, device, batch_size
+
+
 def main(argv=None):
     """Run apply.py with ``argv``; returns the exit status (0 all done, 1 a failure)."""
     args = parse_args(argv)
     start = time.perf_counter()
+    if not args.input:  # as the seed's ``python apply.py``: the bundled examples
+        args.input = [EXAMPLES]
+        examples = os.path.relpath(EXAMPLES) if REPO.startswith(os.getcwd()) else EXAMPLES
+        print(f"apply.py: no --input: matting the bundled examples {examples} into {args.output}/", file=sys.stderr)
     outputs = tuple(k.strip() for k in args.outputs.split(",") if k.strip())
     try:
         unknown = [k for k in outputs if k not in OUTPUT_KINDS]
@@ -103,17 +136,8 @@ def main(argv=None):
         if os.path.exists(args.output) and not os.path.isdir(args.output):
             raise ValueError(f"--output {args.output}: exists and is not a folder")
         background = parse_background(args.background) if "composite" in outputs else None
-        device = resolve_device(args.device)
-        batch_size = args.batch_size or (8 if device.type == "cuda" else 1)
-        model_path = resolve_model_path(args.model)
-        if model_path is None:
-            raise ValueError(NO_MODEL)
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ValueError(f"--threads must be >= 1, got {args.threads}")
-            torch.set_num_threads(args.threads)
-        model = load_model(model_path, device=device)
-    except (ValueError, CheckpointError) as err:  # CheckpointError and ImageReadError are ValueErrors
+        model, model_path, device, batch_size = load_network(args)
+    except ValueError as err:  # so are CheckpointError, OnnxModelError and ImageReadError
         print(f"apply.py: error: {err}", file=sys.stderr)
         return 2
 
@@ -121,8 +145,9 @@ def main(argv=None):
     for spec, reason in problems:
         print(f"failed: --input {spec}: {reason}", file=sys.stderr)
     if not args.quiet:
-        print(f"{len(files)} images, model {model_path}, {device}, {args.precision}, batch {batch_size}",
-              file=sys.stderr)
+        newest = "" if args.model else " (the newest trained weights)"
+        runtime = f"onnxruntime on {device}" if isinstance(model, OnnxModel) else f"{device}, {args.precision}"
+        print(f"{len(files)} images, model {model_path}{newest}, {runtime}, batch {batch_size}", file=sys.stderr)
     try:
         report = matte_files(model, files, args.output, outputs=outputs, background=background,
                              size=args.size, resize=args.resize, device=device, precision=args.precision,
