@@ -23,8 +23,7 @@ import warnings
 from data_loader import E2HSchedule, ForegroundDataset
 from model import build_model
 from utils.training.checkpoint import load_starting_weights
-from utils.distributed import (cleanup, init_distributed_mode, is_main_process, main_process_first,
-                               seed_everything)
+from utils.distributed import cleanup, init_distributed_mode, is_main_process, seed_everything
 from utils.training.engine import (NonFiniteLossError, augment_from_settings, build_train_loader, evaluate,
                           resume_training, setup_training, train_one_epoch)
 from utils.training.losses import MattingLoss
@@ -35,12 +34,12 @@ from utils.settings import Stage1Settings, settings_to_dict
 SCRIPT = "train_stage2"
 
 
-def build_datasets(settings, dist):
+def build_datasets(settings):
     """Foreground train split (e2h composites, random crops and flips) and val split (full
     resolution, r = 1 on a background fixed per file)."""
     schedule = E2HSchedule(settings.e2h.schedule, settings.update_ratio_epoch, settings.e2h.ramp_epochs)
     common = dict(background_num=settings.background_num, schedule=schedule, image_size=settings.image_size,
-                  crop_size=settings.crop_size, seed=settings.seed, progress=dist.is_main)
+                  crop_size=settings.crop_size, seed=settings.seed)
     train = ForegroundDataset(settings.dataset_path, "train", image_num=settings.image_num,
                               augment=augment_from_settings(settings.augment), **common)
     val = ForegroundDataset(settings.dataset_path, "val", augment=False, **common)
@@ -72,9 +71,8 @@ def main(argv=None):
     if dist.is_main:
         print(json.dumps(settings_to_dict(settings), indent=2))
     try:
-        # data
-        with main_process_first():
-            train_set, val_set, schedule = build_datasets(settings, dist)
+        # data: under torchrun every rank estimates its part of the foreground cache, then waits
+        train_set, val_set, schedule = build_datasets(settings)
         loader = build_train_loader(train_set, settings, dist)
 
         # model, optimiser, schedule, AMP; then the checkpoint when resuming

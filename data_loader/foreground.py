@@ -17,7 +17,7 @@ import numpy as np
 from .base import MattingDataset
 from .compositing import composite, cover_background, random_background, solid_colour, to_unit
 from .e2h import E2HSchedule
-from .foreground_cache import ForegroundCache, default_cache_dir
+from .foreground_cache import ForegroundCache, build_shared, default_cache_dir
 from .image_io import ImageReadError, read_alpha, read_rgb
 from .indexing import (DatasetError, SkipReport, check_image, check_pair, list_images, require_dir,
                        select_valid)
@@ -107,7 +107,8 @@ class ForegroundDataset(MattingDataset):
     (photos and backgrounds split alike). image_num / background_num: keep the first N
     (sorted paths) of the split. schedule: ``E2HSchedule`` or its kind (``step``, ``linear``,
     ``none``). cache_dir: foreground cache (default ``foreground_cache.default_cache_dir``).
-    precompute: estimate missing foregrounds now, with a progress bar (else on first draw).
+    precompute: estimate missing foregrounds now, with a progress bar (else on first draw); under
+    torchrun every rank estimates its part, then waits for the others (``build_shared``).
     augment: None (train split: ``Augment()``, else eval), bool or ``Augment``.
 
     ``ds[i]`` -> dict: image float32 (3,c,c) ImageNet-normalised, alpha float32 (1,c,c) in
@@ -128,7 +129,7 @@ class ForegroundDataset(MattingDataset):
         work_side = math.ceil(self.image_size * self.augment.max_scale) if self.training else None
         self.cache = ForegroundCache(cache_dir or default_cache_dir(self.root), work_short_side=work_side)
         if precompute:
-            for name, err in self.cache.build(pairs, progress=progress).items():
+            for name, err in build_shared(self.cache, pairs, progress=progress).items():
                 self.skipped.add("foreground estimation failed", name, err.reason)
             failed = {name for _, name, _ in self.skipped.skipped}
             pairs = [p for p in pairs if p.name not in failed]

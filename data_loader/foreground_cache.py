@@ -14,6 +14,7 @@ each photo is estimated once. Per photo, two files in ``cache_dir``:
 temporary name, then ``os.replace``d: concurrent workers or ranks never see half a file, and
 the worst case of a race is the same entry computed twice.
 """
+import datetime
 import glob
 import hashlib
 import io
@@ -29,6 +30,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.distributed import get_rank, get_world_size, wait_for_all
 from utils.fileio import atomic_write
 
 from .image_io import ImageReadError, read_alpha, read_rgb
@@ -197,16 +199,23 @@ class ForegroundCache:
                 except FileNotFoundError:
                     pass
 
-    def build(self, pairs, progress=True, threads=None):
+    def build(self, pairs, progress=True, threads=None, share=None):
         """Compute every missing or stale entry (threads; pymatting releases the GIL), with a
-        tqdm progress bar. Under torchrun each rank starts at its own share of the list and
-        skips entries that appear meanwhile. Returns {name: ImageReadError} of failures."""
+        tqdm progress bar. ``share=(rank, world)``: only ``pairs[rank::world]``, this rank's
+        part (``build_shared``), its bar shown on every rank. Without ``share``, under torchrun
+        each rank starts at its own share of the list, skips entries that appear meanwhile and
+        shows no bar but rank 0's. Returns {name: ImageReadError} of failures."""
+        if share is not None:
+            rank, world = share
+            pairs = pairs[rank::world]
+        else:
+            rank, world = _distributed_rank()
         todo = [p for p in pairs if not self.is_fresh(p)]
         if not todo:
             return {}
-        rank, world = _distributed_rank()
-        start = len(todo) * rank // world
-        todo = todo[start:] + todo[:start]
+        if share is None:
+            start = len(todo) * rank // world
+            todo = todo[start:] + todo[:start]
         failures = {}
 
         def task(pair):
@@ -217,9 +226,11 @@ class ForegroundCache:
                 failures[pair.name] = err
 
         threads = threads or min(4, os.cpu_count() or 1)
+        desc = f"estimating foregrounds -> {self.cache_dir}"
+        show = progress and (share is not None or rank == 0)
         with ThreadPoolExecutor(max_workers=threads) as pool, \
-                tqdm(total=len(todo), desc=f"estimating foregrounds -> {self.cache_dir}",
-                     unit="photo", disable=not progress or rank != 0) as bar:
+                tqdm(total=len(todo), desc=f"rank {rank}: {desc}" if share else desc, unit="photo",
+                     position=rank if share else None, disable=not show) as bar:
             for _ in pool.map(task, todo):
                 bar.update(1)
         return failures
@@ -244,3 +255,27 @@ class ForegroundCache:
         """Full-resolution foreground -> uint8 (H,W,3) RGB; computed if missing or stale."""
         fg = self._read_png(self.paths(pair)[0])
         return self.compute(pair)[0] if fg is None else fg
+
+
+SECONDS_PER_PHOTO_BOUND = 60  # estimate_foreground_ml takes ~1 s on a photo of 1-2 MP
+
+
+def build_shared(cache, pairs, progress=True, threads=None):
+    """``cache.build(pairs)`` shared by the torchrun processes, the same failures on every rank.
+
+    Each rank estimates its part, ``pairs[rank::world]``, with a progress bar of its own; then
+    all wait for the slowest (``utils.distributed.wait_for_all``: a gloo barrier whose timeout,
+    30 minutes plus 60 s per photo of the largest part, covers the work, out of reach of NCCL's 10-minute
+    watchdog); then each checks the whole list, computing what a rank left undone, so every rank
+    returns the same {name: ImageReadError}. With one process (or no process group) this is
+    ``cache.build(pairs)``.
+    """
+    world = get_world_size()
+    if world == 1:
+        return cache.build(pairs, progress=progress, threads=threads)
+    missing = sum(not cache.is_fresh(p) for p in pairs)
+    cache.build(pairs, progress=progress, threads=threads, share=(get_rank(), world))
+    slowest = min(missing, -(-len(pairs) // world))  # the most photos one rank's part can miss
+    wait_for_all(datetime.timedelta(seconds=1800 + SECONDS_PER_PHOTO_BOUND * slowest),
+                 what=f"the other ranks' foreground estimation ({missing} photos in all)")
+    return cache.build(pairs, progress=False, threads=threads, share=(0, 1))

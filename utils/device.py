@@ -5,13 +5,17 @@ import torch
 
 
 def resolve_device(name="auto", training=False):
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> torch.device.
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> torch.device, always with an index on CUDA.
 
-    ``auto`` picks CUDA when present; for training it warns when that means the CPU.
+    ``auto`` picks ``cuda:0`` when a GPU is present (``CUDA_VISIBLE_DEVICES`` chooses which);
+    for training it warns when that means the CPU. ``cuda`` is ``cuda:0``: an unindexed CUDA
+    device is refused by ``torch.cuda.set_device`` and names no GPU in DDP's ``device_ids``.
+    Under torchrun ``utils.distributed.init_distributed_mode`` gives each process
+    ``cuda:LOCAL_RANK`` instead.
     """
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", 0)
         if training:
             warnings.warn("no CUDA GPU found: training on the CPU, which is much slower", stacklevel=2)
         return torch.device("cpu")
@@ -22,8 +26,12 @@ def resolve_device(name="auto", training=False):
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} asked for, but no CUDA GPU is available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
+        if device.index is None:
+            device = torch.device("cuda", 0)
+        if device.index >= torch.cuda.device_count():
             raise ValueError(f"device {name!r} asked for, but only {torch.cuda.device_count()} GPU(s) exist")
+    elif device.type != "cpu":
+        raise ValueError(f"device {name!r}: only auto, cpu, cuda and cuda:N are supported")
     return device
 
 

@@ -7,6 +7,7 @@ does the single-process thing (a reduction returns its input), so the training c
 branches on it.
 """
 import contextlib
+import datetime
 import os
 import random
 from dataclasses import dataclass
@@ -39,16 +40,16 @@ class DistInfo:
 def init_distributed_mode(device="auto"):
     """Read the torchrun environment, join the process group when there are several processes.
 
-    ``device`` is the settings' ``auto | cpu | cuda | cuda:N``; under torchrun with CUDA each
-    process takes ``cuda:LOCAL_RANK`` (NCCL), on the CPU the group uses gloo.
-    Returns a DistInfo.
+    ``device`` is the settings' ``auto | cpu | cuda | cuda:N``. One process: ``auto`` and ``cuda``
+    mean ``cuda:0`` (pick the GPU with ``CUDA_VISIBLE_DEVICES``), ``cuda:N`` is GPU N. Under
+    torchrun with several processes and CUDA each process takes ``cuda:LOCAL_RANK`` (NCCL);
+    ``cuda:N`` is refused there (every rank would share GPU N); on the CPU the group uses gloo.
+    The CUDA device is made current (``torch.cuda.set_device``). Returns a DistInfo.
     """
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if world_size > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
-        device = f"cuda:{local_rank}"
-    torch_device = resolve_device(device, training=rank == 0)
+    torch_device = _process_device(device, rank, world_size, local_rank)
     if torch_device.type == "cuda":
         torch.cuda.set_device(torch_device)
     if world_size > 1:
@@ -60,6 +61,22 @@ def init_distributed_mode(device="auto"):
         kwargs = {"device_id": torch_device} if backend == "nccl" else {}
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size, **kwargs)
     return DistInfo(rank, world_size, local_rank, torch_device)
+
+
+def _process_device(device, rank, world_size, local_rank):
+    """The torch.device of this process (see ``init_distributed_mode``); ValueError for
+    ``cuda:N`` under torchrun or more processes on a machine than it has GPUs."""
+    torch_device = resolve_device(device, training=rank == 0)
+    if world_size == 1 or torch_device.type != "cuda":
+        return torch_device
+    if device not in ("auto", "cuda"):
+        raise ValueError(f"device={device!r} under torchrun ({world_size} processes): each process takes "
+                         f"cuda:LOCAL_RANK, so set device=cuda (or auto) and choose the GPUs with "
+                         f"CUDA_VISIBLE_DEVICES, e.g. CUDA_VISIBLE_DEVICES=2,3 torchrun --nproc_per_node=2 ...")
+    if local_rank >= torch.cuda.device_count():
+        raise ValueError(f"LOCAL_RANK {local_rank} has no GPU: this machine shows {torch.cuda.device_count()} "
+                         f"GPU(s); start at most that many processes per machine (--nproc_per_node)")
+    return torch.device("cuda", local_rank)
 
 
 def is_dist_avail_and_initialized():
@@ -88,6 +105,46 @@ def all_reduce_sum(tensor):
     if is_dist_avail_and_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+_LONG_WAIT_GROUP = None  # a gloo group for waits longer than NCCL's watchdog allows
+
+
+def wait_for_all(timeout, what="the other processes"):
+    """Block until every process gets here, for up to ``timeout`` (datetime.timedelta).
+
+    For waits of unknown length (one rank still estimating foregrounds while the others are
+    done): a gloo ``monitored_barrier`` in a group of its own, so NCCL's watchdog (10 minutes
+    by default) never sees the wait, and a rank that does not arrive in time is named in the
+    error instead of hanging the run. No-op with one process.
+    """
+    global _LONG_WAIT_GROUP
+    if not is_dist_avail_and_initialized():
+        return
+    if _LONG_WAIT_GROUP is None:  # every rank creates it at its first call (a collective)
+        _LONG_WAIT_GROUP = dist.new_group(backend="gloo", timeout=max(timeout, datetime.timedelta(hours=1)))
+    try:
+        dist.monitored_barrier(group=_LONG_WAIT_GROUP, timeout=timeout, wait_all_ranks=True)
+    except RuntimeError as err:
+        raise RuntimeError(f"rank {get_rank()}: waited {timeout} for {what}, in vain: {err}") from err
+
+
+def broadcast_buffers(module, src=0):
+    """Copy rank ``src``'s buffers (BatchNorm running statistics) to every rank, in place.
+
+    Under DDP the parameters stay equal on every rank, but each rank's last forward pass updates
+    the BatchNorm statistics with its own batch; validating after this scores the weights rank 0
+    saves on every rank. No-op with one process.
+    """
+    if not is_dist_avail_and_initialized():
+        return
+    buffers = [b for b in module.buffers() if b.numel()]
+    for dtype in sorted({b.dtype for b in buffers}, key=str):  # one broadcast per dtype
+        same = [b for b in buffers if b.dtype == dtype]
+        flat = torch.cat([b.detach().reshape(-1) for b in same])
+        dist.broadcast(flat, src)
+        for b, part in zip(same, flat.split([b.numel() for b in same])):
+            b.detach().copy_(part.view_as(b))
 
 
 @contextlib.contextmanager

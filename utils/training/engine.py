@@ -13,16 +13,16 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, default_collate
 
 from data_loader import Augment
 from model import load_weights
 from utils.device import amp_dtype
-from utils.distributed import DistInfo, all_reduce_sum
+from utils.distributed import DistInfo, all_reduce_sum, broadcast_buffers
 from utils.inference.predict import predict_alphas
 from utils.logger import MetricLogger
 from utils.metrics import matting_metrics
-from .checkpoint import load_checkpoint, restore_rng_for_rank
+from .checkpoint import has_checkpoint, load_checkpoint, restore_rng_for_rank
 from .lr import build_scheduler
 
 LOSS_TERMS = ("total", "fused", "sides", "unknown")
@@ -59,6 +59,7 @@ class TrainingState:
     grad_clip: float = 0.0
     start_epoch: int = 0
     best_mad: float = math.inf
+    best_epoch: int = -1            # the epoch of best_mad (model/best.pth)
 
     @property
     def device(self):
@@ -77,8 +78,14 @@ def augment_from_settings(augment):
 
 
 def setup_training(net, settings, dist):
-    """Device, memory format, wrappers, Adam, lr schedule and GradScaler for ``net``."""
+    """Device, memory format, wrappers, Adam, lr schedule and GradScaler for ``net``.
+
+    On CUDA also the cuDNN settings (``_cuda_backends``): autotuned convolutions for the fixed
+    crop size, TF32 convolutions in fp32.
+    """
     device = dist.device
+    if device.type == "cuda":
+        _cuda_backends()
     net.to(device)
     if settings.channels_last:
         net.to(memory_format=torch.channels_last)
@@ -95,6 +102,30 @@ def setup_training(net, settings, dist):
                          settings.channels_last, settings.grad_clip)
 
 
+def _cuda_backends():
+    """cuDNN for training on a fixed crop size.
+
+    ``benchmark``: every training batch has the same shape (``crop_size``; validation predicts at
+    ``image_size`` squares), so timing the convolution algorithms once per shape pays. It makes
+    the choice of algorithm, and so the last bits of the results, vary from run to run: a
+    resumed run matches an uninterrupted one exactly on the CPU, and on a GPU only as far as
+    cuDNN is deterministic. TF32 stays on for convolutions (PyTorch's default, set here so that
+    no other default changes it): it only acts on fp32 convolutions (``amp=off``, and the fp32
+    validation), which it runs several times faster on Ampere and newer GPUs, at a 10-bit
+    mantissa like fp16's, which the network's 8-bit targets never resolve.
+    """
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+
+
+def collate_channels_last(samples):
+    """``default_collate`` with the images made channels-last in the DataLoader's worker, so the
+    pinned host copy and the host-to-GPU copy already have the layout the network runs in."""
+    batch = default_collate(samples)
+    batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+    return batch
+
+
 def build_train_loader(dataset, settings, dist):
     """DataLoader over a DistributedSampler (one code path for 1 and N processes).
 
@@ -107,7 +138,7 @@ def build_train_loader(dataset, settings, dist):
     # Its own generator (worker base seeds): the global torch RNG stream stays the training's.
     generator = torch.Generator().manual_seed(settings.seed + dist.rank)
     return DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, num_workers=workers,
-                      generator=generator,
+                      generator=generator, collate_fn=collate_channels_last if settings.channels_last else None,
                       pin_memory=settings.dataloader.pin_memory and dist.device.type == "cuda",
                       persistent_workers=settings.dataloader.persistent_workers and workers > 0,
                       drop_last=False)
@@ -116,8 +147,12 @@ def build_train_loader(dataset, settings, dist):
 def resume_training(state, run_dir):
     """Restore model, optimizer, scheduler, scaler, epoch, best MAD and RNG from ``run_dir``.
 
-    Returns the checkpoint dict (its ``e2h`` and ``settings`` items are informative).
+    Returns the checkpoint dict (``RunFolder`` rewrites the files of its epoch from it), or
+    None when the run has no ``checkpoint.pth``: it stopped before its first epoch ended and
+    trains again from epoch 0 (``state`` is left as set up).
     """
+    if not has_checkpoint(run_dir):
+        return None
     ckpt = load_checkpoint(run_dir)
     load_weights(state.net, ckpt["model"], source=f"{run_dir}/checkpoint.pth")
     state.optimizer.load_state_dict(ckpt["optimizer"])
@@ -126,14 +161,18 @@ def resume_training(state, run_dir):
         state.scaler.load_state_dict(ckpt["scaler"])
     state.start_epoch = int(ckpt["epoch"]) + 1
     state.best_mad = float(ckpt["best_mad"])
+    state.best_epoch = int(ckpt.get("best_epoch", -1))
     restore_rng_for_rank(ckpt, state.dist.rank, state.dist.world_size)
     return ckpt
 
 
 def _to_device(batch, state):
-    images = batch["image"].to(state.device, non_blocking=True)
+    """The batch's (images, alpha, unknown) on the device; images channels-last if asked (the
+    loader's ``collate_channels_last`` made them so before the copy, which keeps the layout)."""
+    images = batch["image"]
     if state.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)  # no copy if already so
+    images = images.to(state.device, non_blocking=True)
     return images, batch["alpha"].to(state.device, non_blocking=True), batch["unknown"].to(state.device, non_blocking=True)
 
 
@@ -198,6 +237,8 @@ def evaluate(net, dataset, size, dist, batch_size=4, max_images=None, num_previe
 
     Each rank predicts the images ``rank, rank + world, ...`` of ``dataset.load_full`` with
     ``predict_alphas(net, ..., size=size)`` (fp32), and the sums are reduced over the ranks.
+    Rank 0's BatchNorm statistics are first copied to every rank (each rank's last training
+    step updated its own), so all ranks score the weights rank 0 saves.
     ``loss`` is the L1 of the fused output at full resolution, the same number as MAD, kept
     as its own column to set beside ``train_fused`` (the fused output's L1 on training crops).
 
@@ -205,6 +246,8 @@ def evaluate(net, dataset, size, dist, batch_size=4, max_images=None, num_previe
     ``seconds``, and on rank 0 ``[(rgb, gt, pred), ...]`` for the first ``num_previews`` images.
     """
     started = time.perf_counter()
+    if dist.distributed:
+        broadcast_buffers(net, src=0)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     was_training = net.training
     net.eval()
