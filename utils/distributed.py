@@ -37,19 +37,20 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed_mode(device="auto"):
+def init_distributed_mode(device="auto", training=True):
     """Read the torchrun environment, join the process group when there are several processes.
 
     ``device`` is the settings' ``auto | cpu | cuda | cuda:N``. One process: ``auto`` and ``cuda``
     mean ``cuda:0`` (pick the GPU with ``CUDA_VISIBLE_DEVICES``), ``cuda:N`` is GPU N. Under
     torchrun with several processes and CUDA each process takes ``cuda:LOCAL_RANK`` (NCCL);
     ``cuda:N`` is refused there (every rank would share GPU N); on the CPU the group uses gloo.
-    The CUDA device is made current (``torch.cuda.set_device``). Returns a DistInfo.
+    The CUDA device is made current (``torch.cuda.set_device``). ``training``: warn (rank 0) when
+    ``auto`` finds no GPU; inference scripts (apply.py, make_dataset.py) pass False. Returns a DistInfo.
     """
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    torch_device = _process_device(device, rank, world_size, local_rank)
+    torch_device = _process_device(device, rank, world_size, local_rank, training)
     if torch_device.type == "cuda":
         torch.cuda.set_device(torch_device)
     if world_size > 1:
@@ -63,10 +64,10 @@ def init_distributed_mode(device="auto"):
     return DistInfo(rank, world_size, local_rank, torch_device)
 
 
-def _process_device(device, rank, world_size, local_rank):
+def _process_device(device, rank, world_size, local_rank, training=True):
     """The torch.device of this process (see ``init_distributed_mode``); ValueError for
     ``cuda:N`` under torchrun or more processes on a machine than it has GPUs."""
-    torch_device = resolve_device(device, training=rank == 0)
+    torch_device = resolve_device(device, training=training and rank == 0)
     if world_size == 1 or torch_device.type != "cuda":
         return torch_device
     if device not in ("auto", "cuda"):
@@ -105,6 +106,15 @@ def all_reduce_sum(tensor):
     if is_dist_avail_and_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def gather_objects(obj):
+    """``obj`` (picklable) of every process, in rank order; ``[obj]`` with one process."""
+    if not is_dist_avail_and_initialized():
+        return [obj]
+    gathered = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 _LONG_WAIT_GROUP = None  # a gloo group for waits longer than NCCL's watchdog allows
