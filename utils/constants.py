@@ -10,6 +10,7 @@ ARCHITECTURES = ("u2net", "u2netp")              # model.build_model
 PRECISIONS = ("fp32", "bf16", "fp16")            # inference (apply.py, test_stage2.py)
 AMP_MODES = ("auto", "off", "bf16", "fp16")      # training autocast
 RESIZE_POLICIES = ("square", "short_side")       # how a photo becomes the network input
+REFINE_METHODS = ("none", "guided", "matting")   # full-resolution alpha (utils/inference/refine.py)
 E2H_SCHEDULES = ("step", "linear", "none")       # easy-to-hard ratio over the epochs
 LR_SCHEDULES = ("constant", "seed", "cosine")    # learning rate over the epochs
 LOSSES = ("l1", "bce")                           # training loss of the seven outputs
