@@ -35,11 +35,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data_loader import DatasetError, ForegroundDataset, ImageReadError
-from model import CheckpointError, load_model
+from model import CheckpointError
 from utils.device import resolve_device
 from utils.inference.evaluate import (EvaluationError, Extremes, PairDataset, derive_trimap, describe_unmatched,
                                       evaluate_sample, match_by_stem, mean_metrics, new_output_dir,
                                       panels, quantize, save_ranked_grid, to_uint8, write_json, write_metrics_csv)
+from utils.inference.onnx_model import OnnxModel, OnnxModelError, load_any_model
 from utils.inference.predict import predict_alphas
 from utils.metrics import METRIC_NAMES, REGION_METRIC_NAMES
 from utils.runs import choose_weights, settings_near
@@ -134,9 +135,14 @@ def main(argv=None):
     weights = model = size = None
     if not args.predictions:
         weights = find_weights(settings)
-        model = load_model(weights, arch=settings.arch or None, device=device)
-        model = model.to(memory_format=torch.channels_last)
-        size, size_source = network_size(settings, weights)
+        model = load_any_model(weights, arch=settings.arch or None, device=device)  # .pth, or .onnx (onnxruntime)
+        if isinstance(model, OnnxModel):
+            size, size_source = network_size(settings, weights)
+            if size_source == "the default" and model.input_size:
+                size, size_source = model.input_size, f"the export size in {os.path.basename(weights)}"
+        else:
+            model = model.to(memory_format=torch.channels_last)
+            size, size_source = network_size(settings, weights)
     output = args.output or new_output_dir(weights)
     os.makedirs(output, exist_ok=True)
     print(f"evaluating {len(data)} images: {description}\nweights: {weights or 'none (scoring --predictions)'}"
@@ -188,6 +194,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (EvaluationError, ImageReadError, DatasetError, CheckpointError) as err:
+    except (EvaluationError, ImageReadError, DatasetError, CheckpointError, OnnxModelError) as err:
         message = str(err).strip()  # from a DataLoader worker: its traceback, then the message
         raise SystemExit("error: " + (message.splitlines()[-1] if "Original Traceback" in message else message))
