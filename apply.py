@@ -6,6 +6,7 @@
     python apply.py --input photos/ --recursive --input "more/*.jpg" --output out \\
         --outputs alpha,cutout,composite --background "#00ff00" --model best.pth
     python apply.py --input photos/ --output out --outputs alpha --precision bf16   # AVX512-BF16/AMX CPU
+    torchrun --nproc_per_node=4 apply.py --input photos/ --output out   # 4 GPUs, each its share of the photos
 
 Each kind goes to its own folder: ``<output>/alpha/<name>.png`` (8-bit), ``cutout/`` (RGBA,
 foreground colours estimated with pymatting, so hair keeps no fringe of the old background),
@@ -24,6 +25,7 @@ this project trains at) for 1.33x the compute on 3:4 photos. See utils/inference
 """
 import argparse
 import ctypes
+import datetime
 import os
 import sys
 import time
@@ -33,7 +35,7 @@ sys.path.insert(0, REPO)
 
 from utils.constants import PRECISIONS, RESIZE_POLICIES  # noqa: E402
 from utils.inference.cutout import parse_background  # noqa: E402
-from utils.inference.files import OUTPUT_KINDS, collect_inputs, matte_files  # noqa: E402
+from utils.inference.files import OUTPUT_KINDS, MatteReport, collect_inputs, matte_files, share_inputs  # noqa: E402
 from utils.inference.onnx_model import OnnxModel, is_onnx_path, load_any_model  # noqa: E402
 from utils.runs import choose_weights  # noqa: E402
 
@@ -120,14 +122,55 @@ def load_network(args):
     return model, model_path, device, batch_size
 
 
+def join_processes(args):
+    """Under torchrun with several processes: join the group (gloo on CPUs, NCCL on GPUs) and take
+    this process's device (``cuda:LOCAL_RANK``, or the CPU) into ``args.device``; returns the
+    DistInfo. One process: None, and torch is not imported for it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from utils.distributed import init_distributed_mode
+
+    dist = init_distributed_mode(args.device, training=False)
+    args.device = str(dist.device)
+    return dist
+
+
+def gather_report(report, dist, files):
+    """Every process's report merged (each process gets the same); ``report`` with one process."""
+    if dist is None:
+        return report
+    from utils.distributed import gather_objects, wait_for_all
+
+    wait_for_all(datetime.timedelta(minutes=30, seconds=60 * len(files)), "the other processes' photos")
+    return MatteReport.merge(gather_objects(report))
+
+
 def main(argv=None):
-    """Run apply.py with ``argv``; returns the exit status (0 all done, 1 a failure)."""
+    """Run apply.py with ``argv``; returns the exit status (0 all done, 1 a failure). Under
+    torchrun each process mattes its share of the files (``share_inputs``); rank 0 reports."""
     args = parse_args(argv)
+    try:
+        dist = join_processes(args)
+    except ValueError as err:  # cuda:N under torchrun, more processes than GPUs
+        print(f"apply.py: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        return run(args, dist)
+    finally:
+        if dist is not None:
+            from utils.distributed import cleanup
+            cleanup()
+
+
+def run(args, dist):
+    """apply.py's work, for one process or (``dist``) one of torchrun's; returns the exit status."""
     start = time.perf_counter()
+    main_process = dist is None or dist.is_main
     if not args.input:  # as the seed's ``python apply.py``: the bundled examples
         args.input = [EXAMPLES]
         examples = os.path.relpath(EXAMPLES) if REPO.startswith(os.getcwd()) else EXAMPLES
-        print(f"apply.py: no --input: matting the bundled examples {examples} into {args.output}/", file=sys.stderr)
+        if main_process:
+            print(f"apply.py: no --input: matting the bundled examples {examples} into {args.output}/", file=sys.stderr)
     outputs = tuple(k.strip() for k in args.outputs.split(",") if k.strip())
     try:
         unknown = [k for k in outputs if k not in OUTPUT_KINDS]
@@ -142,22 +185,27 @@ def main(argv=None):
         return 2
 
     files, problems = collect_inputs(args.input, recursive=args.recursive, exclude=args.output)
-    for spec, reason in problems:
+    for spec, reason in problems if main_process else ():
         print(f"failed: --input {spec}: {reason}", file=sys.stderr)
-    if not args.quiet:
+    if not args.quiet and main_process:
         newest = "" if args.model else " (the newest trained weights)"
         runtime = f"onnxruntime on {device}" if isinstance(model, OnnxModel) else f"{device}, {args.precision}"
-        print(f"{len(files)} images, model {model_path}{newest}, {runtime}, batch {batch_size}", file=sys.stderr)
+        processes = f", {dist.world_size} processes" if dist else ""
+        print(f"{len(files)} images, model {model_path}{newest}, {runtime}, batch {batch_size}{processes}",
+              file=sys.stderr)
+    mine = share_inputs(files, dist.rank, dist.world_size) if dist else files
     try:
-        report = matte_files(model, files, args.output, outputs=outputs, background=background,
+        report = matte_files(model, mine, args.output, outputs=outputs, background=background,
                              size=args.size, resize=args.resize, device=device, precision=args.precision,
                              batch_size=batch_size, workers=args.workers, overwrite=args.overwrite,
-                             progress=not args.quiet)
+                             progress=not args.quiet and main_process)
     except ValueError as err:  # up-front checks (size, precision, batch size)
         print(f"apply.py: error: {err}", file=sys.stderr)
         return 2
+    report = gather_report(report, dist, mine)
     report.failed.extend((f"--input {spec}", reason) for spec, reason in problems)
-    print(f"apply.py: {report.summary()}; {time.perf_counter() - start:.1f} s in all; outputs in {args.output}")
+    if main_process:
+        print(f"apply.py: {report.summary()}; {time.perf_counter() - start:.1f} s in all; outputs in {args.output}")
     return 0 if report.ok else 1
 
 
