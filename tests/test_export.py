@@ -1,0 +1,260 @@
+"""export.py and the onnxruntime path: round trips (ONNX and TorchScript, U2NETP and U2NET), the
+metadata, the parity check failing and leaving no file, .onnx models in apply.py (without
+torch) and test_stage2.py within 1/255 of the PyTorch path, corrupt and foreign .onnx files,
+and apply.py without arguments.
+
+Small inputs (64 px, the smallest export size) and random weights with varied BatchNorm
+statistics, so that the alphas differ from pixel to pixel.
+"""
+import copy
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import apply
+import export
+import test_stage2
+from model import build_model, load_model
+from utils.constants import IMAGENET_MEAN, IMAGENET_STD
+from utils.inference.onnx_model import OnnxModel, OnnxModelError, load_any_model
+from utils.inference.predict import predict_alphas
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_weights(path, arch="u2netp", seed=0):
+    """Random weights whose BatchNorm statistics vary, saved as a plain state_dict."""
+    torch.manual_seed(seed)
+    net = build_model(arch)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return random_weights(tmp_path_factory.mktemp("weights") / "u2netp.pth")
+
+
+@pytest.fixture(scope="module")
+def onnx_file(weights, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("onnx") / "u2netp.onnx")
+    assert export.main(["--model", weights, "--output", path, "--size", str(SIZE)]) == 0
+    return path
+
+
+def photos(folder, count=3, shape=(90, 70)):
+    """Smooth random photos (gradients plus noise) as JPEGs; returns their paths."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(count):
+        h, w = shape[0] + 7 * i, shape[1] + 5 * i
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx * 255 / w, yy * 255 / h, np.full((h, w), 120.0)], axis=2)
+        image = np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+        path = os.path.join(folder, f"p{i}.jpg")
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray(image).save(path, quality=95)
+        paths.append(path)
+    return paths
+
+
+def test_onnx_round_trip_and_metadata(onnx_file, weights):
+    net = OnnxModel(onnx_file, threads=1)
+    meta = net.metadata
+    assert (net.arch, net.input_size, net.precision, meta["dynamic"]) == ("u2netp", SIZE, "fp32", "true")
+    assert np.allclose(json.loads(meta["mean"]), IMAGENET_MEAN) and np.allclose(json.loads(meta["std"]), IMAGENET_STD)
+    assert json.loads(meta["outputs"]) == ["alpha"] and meta["source"] == "u2netp.pth"
+    inputs, outputs = net.session.get_inputs(), net.session.get_outputs()
+    assert [i.name for i in inputs] == ["input"] and [o.name for o in outputs] == ["alpha"]
+    assert net.fixed_size is None  # dynamic batch, height and width
+    reference = load_model(weights)
+    x = np.random.default_rng(0).normal(size=(2, 3, 75, 99)).astype(np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x))[0][:, 0].numpy()
+    got = net(x)
+    assert got.shape == (2, 75, 99) and got.dtype == np.float32
+    assert np.abs(got - expected).max() <= 1e-4 and expected.std() > 1e-3
+
+
+def test_export_prints_parity_at_two_sizes(weights, tmp_path, capsys):
+    assert export.main(["--model", weights, "--output", str(tmp_path / "m.onnx"), "--size", str(SIZE)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("parity ")]
+    assert [line.split(":")[0] for line in lines] == ["parity 1x3x64x64", "parity 2x3x49x81"]
+    assert all(float(line.rsplit("=", 1)[1]) <= 1e-4 for line in lines)
+    assert os.listdir(tmp_path) == ["m.onnx"]  # no temporary file left
+
+
+def test_torchscript_round_trip(weights, tmp_path):
+    path = str(tmp_path / "u2netp.pt")
+    assert export.main(["--model", weights, "--output", path, "--size", str(SIZE)]) == 0  # format from .pt
+    extra = {"metadata.json": ""}
+    traced = torch.jit.load(path, _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["arch"] == "u2netp"
+    x = torch.randn(1, 3, 72, 88)
+    with torch.no_grad():
+        assert torch.allclose(traced(x)[0], load_model(weights)(x)[0], atol=1e-5)
+
+
+def test_all_outputs_and_static_shape(weights, tmp_path):
+    path = str(tmp_path / "static.onnx")
+    assert export.main(["--model", weights, "--output", path, "--size", str(SIZE), "--static", "--all-outputs"]) == 0
+    net = OnnxModel(path, threads=1)
+    assert [o.name for o in net.session.get_outputs()] == ["alpha", "d1", "d2", "d3", "d4", "d5", "d6"]
+    assert net.fixed_size == (SIZE, SIZE) and net.metadata["dynamic"] == "false"
+    assert net(np.zeros((1, 3, SIZE, SIZE), np.float32)).shape == (1, SIZE, SIZE)
+    with pytest.raises(ValueError, match="--static"):
+        net(np.zeros((1, 3, 80, 80), np.float32))
+
+
+def test_u2net_round_trip(tmp_path):
+    """The full U2NET (176 MB of weights) exports and matches PyTorch too (~15-20 s)."""
+    weights = random_weights(tmp_path / "u2net.pth", "u2net")
+    path = str(tmp_path / "u2net.onnx")
+    assert export.main(["--model", weights, "--output", path, "--size", str(SIZE)]) == 0
+    assert OnnxModel(path, threads=1).arch == "u2net"
+
+
+def test_parity_failure_leaves_no_file(weights, tmp_path, monkeypatch, capsys):
+    """A graph that differs from the PyTorch model (written from a copy with one weight altered)
+    fails the export, prints the difference, and leaves neither a file nor a temporary."""
+    write_onnx = export.write_onnx
+
+    def altered(head, path, *args):
+        head = copy.deepcopy(head)  # the reference keeps the original weights
+        with torch.no_grad():
+            head.net.outconv.bias += 0.05  # the fused alpha moves by up to 0.05 * sigmoid'
+        write_onnx(head, path, *args)
+
+    monkeypatch.setattr(export, "write_onnx", altered)
+    output = tmp_path / "m.onnx"
+    output.write_bytes(b"an older export")  # kept as it was
+    assert export.main(["--model", weights, "--output", str(output), "--size", str(SIZE)]) == 1
+    err = capsys.readouterr().err
+    assert "parity check failed" in err and "no file written" in err
+    assert output.read_bytes() == b"an older export" and sorted(os.listdir(tmp_path)) == ["m.onnx"]
+
+
+def test_tolerance_is_checked_for_torchscript_too(weights, tmp_path, capsys):
+    path = tmp_path / "m.pt"
+    assert export.main(["--model", weights, "--output", str(path), "--size", str(SIZE), "--tolerance", "-1"]) == 1
+    assert "parity check failed" in capsys.readouterr().err and not os.listdir(tmp_path)
+
+
+def test_bad_export_arguments(weights, tmp_path, capsys):
+    assert export.main(["--model", weights, "--output", str(tmp_path / "m.onnx"), "--size", "32"]) == 1
+    assert "--size must be >= 64" in capsys.readouterr().err
+    assert export.main(["--model", str(tmp_path / "none.pth"), "--output", str(tmp_path / "m.onnx")]) == 1
+    assert "none.pth" in capsys.readouterr().err and not os.listdir(tmp_path)
+
+
+def test_corrupt_and_foreign_onnx_files(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    bad = tmp_path / "corrupt.onnx"
+    bad.write_bytes(b"\x08\x07not a protobuf at all" * 10)
+    with pytest.raises(OnnxModelError, match="corrupt.onnx: not a usable ONNX model"):
+        load_any_model(str(bad))
+    with pytest.raises(OnnxModelError, match="missing.onnx: no such ONNX file"):
+        load_any_model(str(tmp_path / "missing.onnx"))
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])])
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(foreign))
+    with pytest.raises(OnnxModelError, match=r"foreign.onnx: input 'x' has shape \[1, 5\]"):
+        load_any_model(str(foreign))
+    image = photos(str(tmp_path / "in"), count=1)[0]
+    assert apply.main(["--input", image, "--output", str(tmp_path / "out"), "--model", str(bad), "--quiet"]) == 2
+    assert "corrupt.onnx: not a usable ONNX model" in capsys.readouterr().err
+
+
+def test_onnx_alphas_match_pytorch_in_apply_and_predict(onnx_file, weights, tmp_path):
+    images = photos(str(tmp_path / "in"))
+    common = ["--input", str(tmp_path / "in"), "--outputs", "alpha", "--size", str(SIZE), "--quiet", "--threads", "1"]
+    assert apply.main([*common, "--model", weights, "--output", str(tmp_path / "pt")]) == 0
+    assert apply.main([*common, "--model", onnx_file, "--output", str(tmp_path / "onnx")]) == 0
+    for path in images:
+        name = os.path.basename(path).replace(".jpg", ".png")
+        a = np.array(Image.open(tmp_path / "pt" / "alpha" / name), np.int16)
+        b = np.array(Image.open(tmp_path / "onnx" / "alpha" / name), np.int16)
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1 and a.std() > 0.5
+    arrays = [np.array(Image.open(p).convert("RGB")) for p in images]
+    expected = predict_alphas(load_model(weights), arrays, size=SIZE)
+    got = predict_alphas(load_any_model(onnx_file, threads=1), arrays, size=SIZE)
+    assert max(float(np.abs(g - e).max()) for g, e in zip(got, expected)) <= 1 / 255
+
+
+def test_apply_with_onnx_does_not_import_torch(onnx_file, tmp_path):
+    photos(str(tmp_path / "in"), count=1)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import apply; "
+            "status = apply.main(['--input', sys.argv[2], '--output', sys.argv[3], '--model', sys.argv[4], "
+            "'--size', '64', '--outputs', 'alpha', '--quiet', '--threads', '1']); "
+            "print(status, sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])")
+    done = subprocess.run([sys.executable, "-c", code, REPO, str(tmp_path / "in"), str(tmp_path / "out"), onnx_file],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "0 []", done.stdout + done.stderr
+    assert os.path.isfile(tmp_path / "out" / "alpha" / "p0.png")
+
+
+def test_test_stage2_scores_an_onnx_model_as_its_weights(onnx_file, weights, tmp_path):
+    rng = np.random.default_rng(2)
+    images = photos(str(tmp_path / "images"))
+    for path in images:
+        h, w = np.array(Image.open(path)).shape[:2]
+        alpha = (rng.random((h, w)) > 0.5).astype(np.uint8) * 255
+        os.makedirs(tmp_path / "alphas", exist_ok=True)
+        Image.fromarray(alpha).save(tmp_path / "alphas" / os.path.basename(path).replace(".jpg", ".png"))
+    means = {}
+    for path in (weights, onnx_file):
+        out = tmp_path / os.path.basename(path)
+        test_stage2.main(["--images", str(tmp_path / "images"), "--alphas", str(tmp_path / "alphas"),
+                          "--output", str(out), "--grid-rows", "0", "--set", "device=cpu",
+                          "--set", f"image_size={SIZE}", "--set", "dataloader.num_worker=0",
+                          "--set", f"model_path={os.path.dirname(path)}", "--set", f"pth_name={os.path.basename(path)}"])
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["model_file"].endswith(os.path.basename(path)) and summary["count"] == len(images)
+        means[path] = summary["means"]
+    assert abs(means[weights]["mad"] - means[onnx_file]["mad"]) <= 1 / 255
+
+
+def test_apply_without_arguments_mattes_the_examples(weights, tmp_path, monkeypatch, capsys):
+    """As the seed's ``python apply.py``: the bundled examples into results_apply/, with the
+    newest trained weights, saying so. (The run itself uses two of the photos, in a copy.)"""
+    assert len(glob.glob(apply.EXAMPLES)) >= 12 and apply.EXAMPLES.startswith(os.path.join(REPO, "data_examples"))
+    examples = tmp_path / "data_examples" / "paixin_comp_mod"
+    for category in ("portrait", "half_body"):
+        photos(str(examples / category / "raw_image"), count=1)
+    monkeypatch.setattr(apply, "EXAMPLES", str(examples / "*" / "raw_image" / "*"))
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "results_stage2" / "run_a" / "model"
+    run.mkdir(parents=True)
+    os.link(weights, run / "best.pth")
+    os.utime(run / "best.pth")  # the newest weights anywhere
+    assert apply.main([]) == 0
+    err = capsys.readouterr().err
+    assert "no --input: matting the bundled examples" in err and "(the newest trained weights)" in err
+    for category in ("portrait", "half_body"):
+        for kind in ("alpha", "cutout"):
+            assert os.path.isfile(tmp_path / "results_apply" / kind / category / "raw_image" / "p0.png")
