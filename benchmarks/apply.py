@@ -1,7 +1,17 @@
-"""Benchmark apply.py against the original U-2-Net test script, whole process, in one run.
+"""Benchmark apply.py against the original U-2-Net test script and rembg, whole process, in one run.
 
     python benchmarks/apply.py                      # 19 synthetic 1080x1440 JPEGs, random U2NET
     python benchmarks/apply.py --input DIR --repeats 3 --configs fp32,bf16 --batch-sizes 1,4
+    python benchmarks/apply.py --model best.pth --count 6 --repeats 1 --threads 2   # trained weights
+
+Besides the PyTorch path, the weights are exported once (export.py, not timed) and run by
+``apply.py --model x.onnx`` (onnxruntime, no torch imported) and, when rembg is installed, by
+rembg itself (``u2net_custom``, only the mask, as ``rembg p -m u2net_custom -om``), on the same
+photos. The alphas are compared: ONNX against PyTorch, and rembg against our ONNX alpha (rembg
+min-max normalises the network's output and resizes it with LANCZOS; ours is the output
+itself, resized bilinear; rembg always runs at 320). Use trained weights (``--model``) for a
+meaningful rembg difference:
+random weights give a nearly flat output, which min-max normalisation stretches to 0..255.
 
 Each configuration runs as its own child process (``python apply.py ...``, or this file with
 ``--run-original``), ``--repeats`` times, interleaved; the table gives medians of the wall
@@ -94,6 +104,30 @@ def run_original(input_dir, model_path, output_dir, size=320):
         pred = norm_pred(d1[:, 0, :, :])
         save_output(img_name_list[i_test], pred, output_dir)
         del d1, d2, d3, d4, d5, d6, d7
+
+
+def run_rembg(input_dir, model_path, output_dir, threads=None):
+    """What ``rembg p -m u2net_custom -x '{"model_path": MODEL}' -om INPUT OUTPUT`` does, through
+    rembg's own API (its command line needs rembg[cli]'s extra packages): one mask per photo.
+    rembg 2.0.86 takes custom models only from inside its home folder: REMBG_HOME is set to
+    the model's."""
+    os.environ["REMBG_HOME"] = os.path.dirname(os.path.abspath(model_path))
+    import onnxruntime as ort
+    from PIL import Image
+    from rembg import new_session, remove
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = options.inter_op_num_threads = threads  # as rembg does for OMP_NUM_THREADS
+    session = new_session("u2net_custom", model_path=model_path, sess_opts=options, providers=["CPUExecutionProvider"])
+    os.makedirs(output_dir, exist_ok=True)
+    for path in sorted(glob.glob(os.path.join(input_dir, "*"))):
+        mask = remove(Image.open(path), session=session, only_mask=True)
+        mask.save(os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png"))
+
+
+def rembg_installed():
+    import importlib.util
+    return importlib.util.find_spec("rembg") is not None
 
 
 # ---------------------------------------------------------------- inputs
@@ -189,15 +223,27 @@ def cpu_has_bf16():
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def mean_abs_diff(dir_a, dir_b):
-    """Mean |a - b| over all PNGs of the same name, in 1/255 units."""
+def alpha_diff(dir_a, dir_b):
+    """(mean |a - b|, largest |a - b|) over all PNGs of the same name, in 1/255 units."""
     import cv2
-    diffs = []
+    means, peak = [], 0.0
     for path in sorted(glob.glob(os.path.join(dir_a, "*.png"))):
         a = cv2.imread(path, cv2.IMREAD_GRAYSCALE).astype(np.float32)
         b = cv2.imread(os.path.join(dir_b, os.path.basename(path)), cv2.IMREAD_GRAYSCALE).astype(np.float32)
-        diffs.append(np.abs(a - b).mean())
-    return float(np.mean(diffs))
+        means.append(np.abs(a - b).mean())
+        peak = max(peak, float(np.abs(a - b).max()))
+    if not means:
+        raise RuntimeError(f"no alpha PNGs in {dir_a}")
+    return float(np.mean(means)), peak
+
+
+def export_onnx(model_path, output, size):
+    """export.py in a child process (not timed); returns its parity line."""
+    done = subprocess.run([sys.executable, os.path.join(REPO, "export.py"), "--model", model_path, "--output", output,
+                           "--size", str(size)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"export.py failed:\n{done.stdout}{done.stderr}")
+    return [line for line in done.stdout.splitlines() if line.startswith("wrote")][0]
 
 
 def bf16_accuracy(input_dir, model_path, size, count):
@@ -250,7 +296,8 @@ def stage_times(input_dir, model_path, size, count=4):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", help="folder of photos (default: 19 synthetic 1080x1440 JPEGs)")
+    parser.add_argument("--input", help="folder of photos (default: --count synthetic 1080x1440 JPEGs)")
+    parser.add_argument("--count", type=int, default=19, help="synthetic photos to make (default: 19)")
     parser.add_argument("--model", help="weights (default: random-init U2NET saved to a temp file)")
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--repeats", type=int, default=3)
@@ -258,6 +305,8 @@ def main():
     parser.add_argument("--batch-sizes", default="1", help="comma-separated, e.g. 1,4")
     parser.add_argument("--workers", type=int, default=None, help="apply.py --workers")
     parser.add_argument("--no-original", action="store_true", help="skip the original script")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the exported model (apply.py .onnx, rembg)")
+    parser.add_argument("--no-rembg", action="store_true", help="skip rembg even when it is installed")
     parser.add_argument("--threads", type=int, default=None, help="apply.py --threads")
     parser.add_argument("--tree-pss", type=float, default=0.0, metavar="S",
                         help="also sample the process tree's PSS every S seconds (slows the runs; default off)")
@@ -265,14 +314,17 @@ def main():
     parser.add_argument("--bf16-check", type=int, default=2, metavar="N",
                         help="where bf16 is not native, compare bf16 with fp32 alphas on N photos in process")
     parser.add_argument("--run-original", nargs=3, metavar=("INPUT", "MODEL", "OUTPUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--run-rembg", nargs=3, metavar=("INPUT", "MODEL", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_original:
         return run_original(*args.run_original, size=args.size)
+    if args.run_rembg:
+        return run_rembg(*args.run_rembg, threads=args.threads)
 
     tmp = tempfile.mkdtemp(prefix="bench_apply_")
     input_dir = args.input or os.path.join(tmp, "photos")
     if not args.input:
-        make_photos(input_dir)
+        make_photos(input_dir, args.count)
     model_path = args.model or os.path.join(tmp, "u2net_random.pth")
     if not args.model:
         save_random_weights(model_path)
@@ -284,22 +336,31 @@ def main():
         precisions.remove("bf16")
         print("note: this CPU has no native bf16 (avx512_bf16 / amx): apply.py refuses bf16 here, "
               "so bf16 is timed only where native; its accuracy is checked in process")
-    runs = []  # (label, command, output dir)
+    runs = []  # (label, command, folder of its alpha PNGs)
     if not args.no_original:
         out = os.path.join(tmp, "out_original")
         runs.append(("original u2net_test.py", [sys.executable, os.path.abspath(__file__), "--size", str(args.size),
                                                  "--run-original", input_dir, model_path, out], out))
-    for precision in precisions:
+    onnx_path = None if args.no_onnx else os.path.join(tmp, "model.onnx")
+    if onnx_path:
+        print(export_onnx(model_path, onnx_path, args.size))
+    for precision in precisions + (["onnx"] if onnx_path else []):
         for bs in [int(b) for b in args.batch_sizes.split(",")]:
             out = os.path.join(tmp, f"out_{precision}_bs{bs}")
+            model = onnx_path if precision == "onnx" else model_path
             cmd = [sys.executable, os.path.join(REPO, "apply.py"), "--input", input_dir, "--output", out,
-                   "--model", model_path, "--outputs", "alpha", "--size", str(args.size), "--device", "cpu",
-                   "--precision", precision, "--batch-size", str(bs), "--overwrite", "--quiet"]
+                   "--model", model, "--outputs", "alpha", "--size", str(args.size), "--device", "cpu",
+                   "--precision", "fp32" if precision == "onnx" else precision, "--batch-size", str(bs),
+                   "--overwrite", "--quiet"]
             if args.workers is not None:
                 cmd += ["--workers", str(args.workers)]
             if args.threads is not None:
                 cmd += ["--threads", str(args.threads)]
-            runs.append((f"apply.py {precision} batch {bs}", cmd, out))
+            runs.append((f"apply.py {precision} batch {bs}", cmd, os.path.join(out, "alpha")))
+    if onnx_path and not args.no_rembg and rembg_installed():
+        out = os.path.join(tmp, "out_rembg")
+        cmd = [sys.executable, os.path.abspath(__file__), "--run-rembg", input_dir, onnx_path, out]
+        runs.append(("rembg u2net_custom", cmd + (["--threads", str(args.threads)] if args.threads else []), out))
 
     results = {label: [] for label, _, _ in runs}
     env = dict(os.environ, PYTHONPATH=REPO)
@@ -323,9 +384,15 @@ def main():
         cpu_ratio = f"{base[1] / cpu:.2f}" if base else "-"
         print(f"{label:<26}{wall:>8.2f}{ips:>10.3f}{ratio:>8}{cpu:>8.1f}{cpu_ratio:>8}{rss:>13.0f}{pss:>13.0f}")
     fp32 = [out for label, _, out in runs if "fp32" in label]
+    onnx = [out for label, _, out in runs if "onnx" in label]
     for label, _, out in runs:
-        if fp32 and "fp32" not in label and not label.startswith("original"):
-            print(f"mean |alpha({label}) - alpha(fp32)| = {mean_abs_diff(out, fp32[0]):.3f} / 255")
+        if label.startswith("rembg") and onnx:
+            mean, peak = alpha_diff(out, onnx[0])
+            print(f"|alpha(rembg) - alpha(apply.py onnx)|: mean {mean:.2f} / 255, largest {peak:.0f} / 255 "
+                  "(rembg min-max normalises and resizes with LANCZOS)")
+        elif fp32 and "fp32" not in label and not label.startswith(("original", "rembg")):
+            mean, peak = alpha_diff(out, fp32[0])
+            print(f"|alpha({label}) - alpha(fp32)|: mean {mean:.3f} / 255, largest {peak:.0f} / 255")
     if emulated_bf16 and args.bf16_check:
         diff = bf16_accuracy(input_dir, model_path, args.size, args.bf16_check)
         print(f"mean |alpha(bf16, emulated) - alpha(fp32)| on {args.bf16_check} photos = {diff:.3f} / 255")
