@@ -10,8 +10,8 @@ rembg itself (``u2net_custom``, only the mask, as ``rembg p -m u2net_custom -om`
 photos. The alphas are compared: ONNX against PyTorch, and rembg against our ONNX alpha (rembg
 min-max normalises the network's output and resizes it with LANCZOS; ours is the output
 itself, resized bilinear; rembg always runs at 320). Use trained weights (``--model``) for a
-meaningful rembg difference:
-random weights give a nearly flat output, which min-max normalisation stretches to 0..255.
+meaningful rembg difference: random weights give a nearly flat output, which min-max
+normalisation stretches to 0..255.
 
 Each configuration runs as its own child process (``python apply.py ...``, or this file with
 ``--run-original``), ``--repeats`` times, interleaved; the table gives medians of the wall
