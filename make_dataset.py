@@ -31,6 +31,7 @@ manifest and the summary.
 """
 import argparse
 import datetime
+import inspect
 import os
 import sys
 import time
@@ -40,7 +41,7 @@ sys.path.insert(0, REPO)
 
 from data_loader.indexing import DatasetError  # noqa: E402
 from data_loader.splits import SPLITS  # noqa: E402
-from utils.constants import PRECISIONS, RESIZE_POLICIES  # noqa: E402
+from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES  # noqa: E402
 from utils.distributed import cleanup, gather_objects, init_distributed_mode, wait_for_all  # noqa: E402
 from utils.inference.dataset import (BACKGROUND_DIR, DatasetReport, DatasetWriter, Manifest,  # noqa: E402
                                      QualityRule, copy_backgrounds, make_composites, plan_photos)
@@ -49,7 +50,6 @@ from utils.inference.onnx_model import load_any_model  # noqa: E402
 from utils.runs import choose_weights  # noqa: E402
 
 NOT_CATEGORIES = (BACKGROUND_DIR, "background_easy", "composites")
-REFINE_CHOICES = ("none", "guided", "matting")
 SECONDS_PER_PHOTO_BOUND = 60  # how long the others may wait for the slowest process, per photo
 
 
@@ -62,7 +62,7 @@ def parse_args(argv=None):
     p.add_argument("--model", metavar="FILE", help="U2NET/U2NETP weights or an .onnx from export.py "
                    "(default: newest results_stage2/1 best.pth)")
     p.add_argument("--category", default="portrait", help="category folder of the photos (default: portrait)")
-    p.add_argument("--refine", choices=REFINE_CHOICES, default="none", help="full-resolution alpha (default: none)")
+    p.add_argument("--refine", choices=REFINE_METHODS, default="none", help="full-resolution alpha (default: none)")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
     p.add_argument("--backgrounds", metavar="DIR", help="hard backgrounds to copy into <output>/background/")
     p.add_argument("--link-backgrounds", action="store_true", help="symbolic links instead of copies")
@@ -104,6 +104,7 @@ def check_args(args):
         raise ValueError(f"--composites needs backgrounds: --backgrounds DIR, or {args.output}/{BACKGROUND_DIR}/")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    args.refine_options = refine_options(args.refine)
     return QualityRule(args.min_foreground, args.max_uncertain)  # checks the two shares
 
 
@@ -121,9 +122,11 @@ def load_network(args, device):
 
 def refine_options(method):
     """matte_files' keyword for ``--refine`` (none: the network's alpha resized)."""
+    if "refine" in inspect.signature(matte_files).parameters:
+        return {"refine": method}
     if method == "none":
         return {}
-    raise ValueError(f"--refine {method}: utils/inference/refine.py is not part of this checkout yet; "
+    raise ValueError(f"--refine {method}: the file pipeline (utils/inference/files.py) does not refine yet; "
                      "use --refine none")
 
 
@@ -147,7 +150,7 @@ def make_photos(args, dist, rule, model, model_path, manifest):
     report = matte_files(model, todo, args.output, outputs=(), on_alpha=writer, size=args.size,
                          resize=args.resize, device=dist.device, precision=args.precision, batch_size=batch_size,
                          workers=args.workers, overwrite=True, progress=not args.quiet and dist.is_main,
-                         **refine_options(args.refine))
+                         **args.refine_options)
     by_name = {item.name: item for item in todo}
     for name, reason in report.failed:  # unreadable, or the hook failed: no row yet
         writer.fail(by_name[name], reason)
