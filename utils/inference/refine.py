@@ -44,12 +44,14 @@ GUIDED_DEFAULTS = {
 }
 MATTING_DEFAULTS = {
     "band": 0.5,         # coarse-alpha pixels: the band's margin (x the photo's scale, >= 2 px)
-    "low": 0.05,         # resized coarse alpha <= this, beyond the margin: sure background
-    "high": 0.95,        # resized coarse alpha >= this, inside the margin: sure foreground
+    "low": 0.01,         # resized coarse alpha <= this, beyond the margin: sure background
+    "high": 0.99,        # resized coarse alpha >= this, inside the margin: sure foreground
     "eps": 1e-6,         # closed-form regulariser, in (colour in [0,1])^2
     "max_band": 0.5,     # fraction of the photo's pixels; a wider band falls back to guided
     "tol": 1e-4,         # relative residual at which the conjugate gradients stop
-    "max_iter": 200,     # conjugate-gradient iterations at most
+    "max_iter": 300,     # conjugate-gradient iterations at most (each level)
+    "work_size": 2048,   # px: longer photos are solved at this long side first, then at full size
+    "margin": 1.0,       # working px: the full-size band around the working alpha's fractional pixels
 }
 
 
@@ -201,11 +203,19 @@ def trimap_from_coarse(coarse, height, width, *, band, low, high):
     return fg, some & ~fg
 
 
-def matting_refine(image, coarse, guided, *, band, low, high, eps, max_band, tol, max_iter):
+def matting_refine(image, coarse, guided, *, band, low, high, eps, max_band, tol, max_iter, work_size, margin):
     """The ``matting`` method (module docstring). ``guided``: the guided filter's options, for
-    the initial guess inside the band and the fall-back."""
+    the initial guess inside the band and the fall-back.
+
+    Photos longer than ``work_size`` are solved twice: first at a working resolution (long side
+    ``work_size``) on the trimap's band, then at full resolution on the pixels that came out
+    fractional there, ``margin`` working pixels around them, the working alpha resized as the
+    start and its sure pixels as the fixed ones.
+    """
     height, width = image.shape[:2]
-    fg, unknown = trimap_from_coarse(coarse, height, width, band=band, low=low, high=high)
+    scale = min(1.0, work_size / max(height, width))
+    small = image if scale == 1.0 else _resize(image, max(1, round(height * scale)), max(1, round(width * scale)))
+    fg, unknown = trimap_from_coarse(coarse, *small.shape[:2], band=band, low=low, high=high)
     share = unknown.mean()
     if share > max_band:
         warnings.warn(f"refine 'matting': the unknown band covers {share:.0%} of the photo (more than "
@@ -213,10 +223,19 @@ def matting_refine(image, coarse, guided, *, band, low, high, eps, max_band, tol
                       RuntimeWarning, stacklevel=3)
         return guided_refine(image, coarse, **guided)
     alpha = fg.astype(np.float32)
-    if not unknown.any():
+    if unknown.any():
+        start = guided_refine(small, coarse, **guided)
+        alpha[unknown] = _solve_band(small, unknown, fg, start, eps, tol, max_iter)
+    if scale == 1.0:
         return alpha
-    start = guided_refine(image, coarse, **guided)
-    alpha[unknown] = _solve_band(image, unknown, fg, start, eps, tol, max_iter)
+    up = alpha_to_size(alpha, height, width)
+    k = max(1, int(np.ceil(margin / scale)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
+    fg = cv2.erode((up >= high).view(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE).view(bool)
+    unknown = cv2.dilate((up > low).view(np.uint8), kernel).view(bool) & ~fg
+    alpha = fg.astype(np.float32)
+    if unknown.any():
+        alpha[unknown] = _solve_band(image, unknown, fg, up, eps, tol, max_iter)
     return alpha
 
 
