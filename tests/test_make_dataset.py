@@ -1,6 +1,6 @@
 """make_dataset.py and utils/inference/dataset.py: the layout, the manifest and quality control,
-fixed composites, resume, bad files, training on the result, and torchrun (make_dataset.py and
-apply.py) giving the same files with two CPU processes as with one.
+fixed composites, resume, bad files, training on the result, an .onnx model, and torchrun
+(make_dataset.py and apply.py) giving the same files with two CPU processes as with one.
 
 Small photos from data_examples/make_examples.py (48x40), tiny random U2NETP weights at a
 64 px network input; make_dataset.main runs in-process except under torchrun.
@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 import apply
+import export
 import make_dataset
 import train_stage2
 from conftest import names_in_both_splits
@@ -287,3 +288,18 @@ def test_two_torchrun_processes_make_the_same_files_as_one(inputs, dataset, tmp_
     assert one == 1 and two.returncode != 0 and two.stdout.count("apply.py:") == 1
     assert "10 done, 0 skipped, 3 failed" in two.stdout
     assert tree(str(tmp_path / "two")) == tree(str(tmp_path / "one"))
+
+
+def test_an_onnx_model_makes_the_same_masks(inputs, dataset, tmp_path):
+    reference, _ = dataset
+    onnx = str(tmp_path / "u2netp.onnx")
+    assert export.main(["--model", inputs["weights"], "--output", onnx, "--size", "64"]) == 0
+    output = tmp_path / "mine"
+    assert make_dataset.main(["--input", inputs["photos"], "--output", str(output), "--model", onnx, "--size", "64",
+                              "--threads", "1", "--quiet", *KEEP_ALL]) == 1
+    masks = sorted(glob.glob(os.path.join(reference, "portrait", "mask_image", "*.png")))
+    assert len(masks) == 10
+    for mask in masks:
+        ours = np.array(Image.open(output / "portrait" / "mask_image" / os.path.basename(mask)), np.int16)
+        assert np.abs(ours - np.array(Image.open(mask), np.int16)).max() <= 1  # onnxruntime vs PyTorch
+    assert {r["weights"] for r in read_manifest(str(output))} == {onnx}
