@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_loader.image_io import ImageReadError, is_image_file, read_rgb
+from utils.constants import REFINE_METHODS
 from utils.fileio import atomic_write
 from .cutout import alpha_to_uint8, composite_over, cutout_rgba, estimate_foreground_colours, fit_background, parse_background
 from .onnx_model import OnnxModel
@@ -156,7 +157,9 @@ def write_png(path, image):
 
 
 # ---------------------------------------------------------------- the pipeline
-def _check(outputs, size, resize, batch_size, workers, background, on_alpha):
+def _check(outputs, size, resize, batch_size, workers, background, on_alpha, refine="none"):
+    if refine not in REFINE_METHODS:
+        raise ValueError(f"refine must be one of {REFINE_METHODS}, got {refine!r}")
     unknown = [k for k in outputs if k not in OUTPUT_KINDS]
     if (not outputs and on_alpha is None) or unknown:
         raise ValueError(f"outputs must be a non-empty subset of {OUTPUT_KINDS}, got {list(outputs)}")
@@ -219,7 +222,7 @@ def _plan(inputs, output_dir, outputs, overwrite, report, note):
 
 def matte_files(model, inputs, output_dir, *, outputs=("alpha", "cutout"), background="#ffffff",
                 size=320, resize="square", device="cpu", precision="fp32", batch_size=1, workers=2,
-                overwrite=False, progress=True, note=None, on_alpha=None):
+                overwrite=False, progress=True, note=None, on_alpha=None, refine="none", refine_options=None):
     """Matte every ``InputFile`` in ``inputs`` into ``<output_dir>/<kind>/<name>.png``.
 
     model: U2NET/U2NETP, made ready in place by ``utils.inference.predict.prepare_model`` (so for
@@ -234,15 +237,23 @@ def matte_files(model, inputs, output_dir, *, outputs=("alpha", "cutout"), backg
     on_alpha: called in the writer thread as ``on_alpha(item, image, alpha)`` (uint8 RGB (H,W,3),
     float32 (H,W) in [0,1]) after the outputs asked for are written; ``outputs`` may then be
     empty (make_dataset.py writes its own files). An OSError or ValueError it raises fails
-    that file, by name. Raises ValueError for bad arguments, before any work. Returns a ``MatteReport``.
+    that file, by name. refine: one of ``REFINE_METHODS``, how the alpha becomes full-resolution
+    (``utils.inference.refine.refine_alpha`` with ``refine_options``; ``none``: resized); every
+    output and ``on_alpha`` get the refined alpha. Raises ValueError for bad arguments, before
+    any work. Returns a ``MatteReport``.
     """
-    _check(outputs, size, resize, batch_size, workers, background, on_alpha)
+    _check(outputs, size, resize, batch_size, workers, background, on_alpha, refine)
     network = _network(model, device, precision, size, resize)
     if "composite" in outputs and isinstance(background, str):
         background = parse_background(background)
     run = _Run(network, output_dir, outputs, background, size, resize, device,
                batch_size, progress, note or (lambda message: print(message, file=sys.stderr)))
     run.on_alpha, run.needs_image = on_alpha, run.needs_image or on_alpha is not None
+    if refine != "none":
+        from .refine import check_options, refine_alpha  # numba: ~0.8 s to import, only when refining
+        check_options(refine, refine_options or {})
+        run.refine = lambda image, small: refine_alpha(image, small, refine, **(refine_options or {}))
+        run.needs_image = True
     try:
         run.process(_plan(inputs, output_dir, outputs, overwrite, run.report, run.say), len(inputs), workers)
     finally:
@@ -255,6 +266,7 @@ class _Run:
     """One ``matte_files`` call: decode in threads -> network in batches -> write in a thread."""
 
     on_alpha = None
+    refine = None  # (photo, network alpha) -> full-resolution alpha; None: resized
 
     def __init__(self, model, output_dir, outputs, background, size, resize, device, batch_size, progress, note):
         self.model, self.output_dir, self.background = model, output_dir, background
@@ -288,7 +300,10 @@ class _Run:
     def write(self, item, kinds, small_alpha, shape, image):
         """Writer thread: alpha at the photo's size, then the PNGs asked for."""
         try:
-            alpha = alpha_to_size(small_alpha, *shape)
+            if self.refine is None:
+                alpha = alpha_to_size(small_alpha, *shape)
+            else:
+                alpha = self.refine(image, small_alpha)
             if "alpha" in kinds:
                 write_png(output_path(self.output_dir, "alpha", item.name), alpha_to_uint8(alpha))
             if "cutout" in kinds or "composite" in kinds:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from model import unwrap
 from model.blocks import REBNCONV
-from utils.constants import PRECISIONS
+from utils.constants import PRECISIONS, REFINE_METHODS
 
 from .onnx_model import OnnxModel
 from .preprocess import alpha_to_size, network_input_size, preprocess  # noqa: F401  (re-exported)
@@ -160,7 +160,8 @@ def prepared(model, device="cpu", precision="fp32"):
     return entry[1]
 
 
-def predict_alphas(model, images, size=320, device="cpu", precision="fp32", batch_size=4, resize="square"):
+def predict_alphas(model, images, size=320, device="cpu", precision="fp32", batch_size=4, resize="square",
+                   refine="none", refine_options=None):
     """Alpha mattes of ``images`` at their own resolution.
 
     images: list of uint8 RGB (H,W,3) arrays, any sizes. Returns a list of float32 (H,W) in
@@ -173,8 +174,17 @@ def predict_alphas(model, images, size=320, device="cpu", precision="fp32", batc
     ``model`` may also be an ``OnnxModel`` (``load_any_model("x.onnx")``): it runs at the
     precision and on the device it was exported and loaded for (``device`` is not used).
 
+    refine: how the network's alpha becomes full-resolution, one of ``REFINE_METHODS``:
+    ``none`` (resized, as above), ``guided`` or ``matting`` with the photo as the guide
+    (``utils.inference.refine.refine_alpha``, given ``refine_options``).
+
     >>> alphas = predict_alphas(load_model("best.pth"), [read_rgb("photo.jpg")])
     """
+    if refine not in REFINE_METHODS:
+        raise ValueError(f"refine must be one of {REFINE_METHODS}, got {refine!r}")
+    if refine != "none":
+        from .refine import check_options, refine_alpha  # numba: ~0.8 s to import, only when refining
+        check_options(refine, refine_options or {})
     if isinstance(model, OnnxModel):
         model.check_precision(precision)
         device, net = torch.device("cpu"), model  # inputs and outputs pass through numpy
@@ -191,6 +201,9 @@ def predict_alphas(model, images, size=320, device="cpu", precision="fp32", batc
             stop += 1
         batch = torch.from_numpy(np.stack(inputs[start:stop])).to(device)
         for alpha, image in zip(run_network(net, batch).numpy(), images[start:stop]):
-            alphas.append(alpha_to_size(alpha, *image.shape[:2]))
+            if refine == "none":
+                alphas.append(alpha_to_size(alpha, *image.shape[:2]))
+            else:
+                alphas.append(refine_alpha(image, alpha, refine, **(refine_options or {})))
         start = stop
     return alphas

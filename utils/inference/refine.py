@@ -86,6 +86,19 @@ def _options(method, defaults, options):
     return {**defaults, **options}
 
 
+def check_options(method, options):
+    """Raise ValueError, naming it, for an unknown method or option (before any work)."""
+    if method not in REFINE_METHODS:
+        raise ValueError(f"refine method must be one of {REFINE_METHODS}, got {method!r}")
+    if method == "none":
+        _options(method, {}, options)
+    elif method == "guided":
+        _options(method, GUIDED_DEFAULTS, options)
+    else:
+        _options("guided", GUIDED_DEFAULTS, {k[7:]: v for k, v in options.items() if k.startswith("guided_")})
+        _options(method, MATTING_DEFAULTS, {k: v for k, v in options.items() if not k.startswith("guided_")})
+
+
 # ---------------------------------------------------------------- the public function
 def refine_alpha(image, coarse, method="guided", **options):
     """Full-resolution alpha of ``image`` from the network's ``coarse`` alpha.
