@@ -146,7 +146,7 @@ def main(argv=None):
     output = args.output or new_output_dir(weights)
     os.makedirs(output, exist_ok=True)
     print(f"evaluating {len(data)} images: {description}\nweights: {weights or 'none (scoring --predictions)'}"
-          + (f"\nnetwork input: {size}x{size} (from {size_source})" if size else "") + f"\noutput: {output}")
+          + (f"\nnetwork input: {size}x{size} (from {size_source}), refine: {settings.refine}" if size else "") + f"\noutput: {output}")
 
     # ---- loop ------------------------------------------------------------------------------------
     rows, extremes = [], Extremes(args.grid_rows)
@@ -156,7 +156,8 @@ def main(argv=None):
         else:
             images = [sample["image"] for sample in batch]
             preds = [quantize(p) for p in predict_alphas(model, images, size=size, device=device,
-                                                          precision=settings.precision, batch_size=settings.batch_size)]
+                                                          precision=settings.precision, batch_size=settings.batch_size,
+                                                          refine=settings.refine)]
         for sample, pred in zip(batch, preds):
             name, alpha = sample["name"], sample["alpha"]
             trimap = sample["trimap"] if sample["trimap"] is not None else derive_trimap(alpha)

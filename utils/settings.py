@@ -13,7 +13,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 
-from .constants import AMP_MODES, ARCHITECTURES, E2H_SCHEDULES, LOSSES, LR_SCHEDULES, PRECISIONS
+from .constants import AMP_MODES, ARCHITECTURES, E2H_SCHEDULES, LOSSES, LR_SCHEDULES, PRECISIONS, REFINE_METHODS
 from .runs import named_weights
 
 SETTINGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "load_settings")
@@ -104,6 +104,7 @@ class TestSettings:
     image_size: typing.Optional[int] = None  # network input; None: the training run's own, else 320
     batch_size: int = 4
     precision: str = "fp32"              # fp32 | bf16 | fp16
+    refine: str = "none"                 # full-resolution alpha: none (resized) | guided | matting
     dataloader: DataLoaderSettings = field(default_factory=DataLoaderSettings)
 
 
@@ -111,7 +112,7 @@ SCHEMAS = {"train_stage1": Stage1Settings, "train_stage2": Stage2Settings, "test
 
 CHOICES = {  # the allowed values, declared once in utils/constants.py
     "arch": ARCHITECTURES, "lr_schedule": LR_SCHEDULES, "loss": LOSSES, "amp": AMP_MODES,
-    "e2h.schedule": E2H_SCHEDULES, "precision": PRECISIONS,
+    "e2h.schedule": E2H_SCHEDULES, "precision": PRECISIONS, "refine": REFINE_METHODS,
 }
 POSITIVE = {"batch_size", "epoch_num", "image_size", "crop_size", "update_ratio_epoch",
             "e2h.ramp_epochs", "save_every", "lr"}
