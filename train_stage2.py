@@ -22,12 +22,11 @@ import warnings
 
 from data_loader import E2HSchedule, ForegroundDataset
 from model import build_model
-from utils.training.checkpoint import load_starting_weights
 from utils.distributed import cleanup, init_distributed_mode, is_main_process, seed_everything
 from utils.training.engine import (NonFiniteLossError, augment_from_settings, build_train_loader, evaluate,
                           resume_training, setup_training, train_one_epoch)
 from utils.training.losses import MattingLoss
-from utils.training.run_folder import RunFolder, load_train_settings
+from utils.training.run_folder import RunFolder, load_start, load_train_settings
 from utils.runs import choose_weights
 from utils.settings import Stage1Settings, settings_to_dict
 
@@ -46,21 +45,21 @@ def build_datasets(settings):
     return train, val, schedule
 
 
-def starting_weights(net, settings):
-    """model_path/pth_name, else the newest stage-1 run's best.pth, else none (warned).
-    Not when resuming: the checkpoint has the weights."""
-    if settings.resume:
-        return
+def choose_starting_weights(settings):
+    """model_path/pth_name, else the newest stage-1 run's best.pth, else none (warned)."""
     path = choose_weights(model_path=settings.model_path, pth_name=settings.pth_name,
                           newest_of=(Stage1Settings.results_dir,))
-    if path is None:
-        if is_main_process():
-            warnings.warn("no starting weights (no model_path/pth_name and no results_stage1/*/model/best.pth): "
-                          "stage 2 trains from scratch", stacklevel=2)
-        return
-    load_starting_weights(net, path, settings.arch)
-    if is_main_process():
-        print(f"starting from {path}")
+    if path is None and is_main_process():
+        warnings.warn("no starting weights (no model_path/pth_name and no results_stage1/*/model/best.pth): "
+                      "stage 2 trains from scratch", stacklevel=2)
+    return path
+
+
+def starting_weights(net, settings):
+    """Load the run's starting weights into ``net`` and return their path (None: none loaded).
+    Resuming, the checkpoint's weights are used instead, or, for a run stopped before its first
+    checkpoint, the file it started from (see ``load_start``)."""
+    return load_start(net, settings, lambda: choose_starting_weights(settings), is_main_process())
 
 
 def main(argv=None):
@@ -75,14 +74,13 @@ def main(argv=None):
         train_set, val_set, schedule = build_datasets(settings)
         loader = build_train_loader(train_set, settings, dist)
 
-        # model, optimiser, schedule, AMP; then the checkpoint when resuming
+        # model, optimiser, schedule, AMP; then the checkpoint when resuming (None: from epoch 0)
         net = build_model(settings.arch)
-        starting_weights(net, settings)
+        start = starting_weights(net, settings)
         state = setup_training(net, settings, dist)
-        if settings.resume:
-            resume_training(state, settings.resume)
+        checkpoint = resume_training(state, settings.resume) if settings.resume else None
         criterion = MattingLoss(settings.loss, settings.unknown_loss_weight)
-        run = RunFolder(settings, dist, start_epoch=state.start_epoch)
+        run = RunFolder(settings, dist, start, checkpoint)
         if dist.is_main:
             print(f"{settings.arch}: {len(train_set)} training / {len(val_set)} validation images; "
                   f"epochs {state.start_epoch}..{settings.epoch_num - 1} -> {run.path}")

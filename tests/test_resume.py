@@ -1,18 +1,30 @@
-"""Exact resume: a stage-2 run killed with SIGKILL in epoch 1 and resumed with
-``--set resume=RUN_DIR`` logs the same epochs as an uninterrupted run (timing columns aside)."""
+"""Exact resume: a stage-2 run stopped at any instant and resumed with ``--set resume=RUN_DIR``
+ends with the files of an uninterrupted run (timing columns aside).
+
+- SIGKILL of a child process in the middle of epoch 1;
+- a stop at every file write of a run (the folder as it is while the temporary file of each
+  write is complete but not yet renamed: a kill there leaves exactly that), each resumed;
+- a run stopped before its first checkpoint restarts from the weights it started from;
+- RNG states after a resume equal the uninterrupted run's, with training that draws from them.
+"""
 import csv
 import glob
+import json
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 
+import numpy as np
 import pytest
 import torch
 
 import train_stage2
-from utils.training.checkpoint import atomic_save
+from model import CheckpointError, build_model
+from utils.training.checkpoint import atomic_save, capture_rng_state
 from utils.training.run_folder import TIMING_COLUMNS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,3 +106,165 @@ def test_atomic_save_leaves_the_old_file_on_failure(tmp_path):
         atomic_save({"epoch": 2, "bad": Unpicklable()}, path)
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert os.listdir(tmp_path) == ["checkpoint.pth"]
+
+
+# ---- a stop at every write -------------------------------------------------------------------
+
+# 2 epochs; epoch 0 writes no epoch weights (save_every=2) and is the best; epoch 1 (the last)
+# writes its weights and is worse, so best.pth must stay epoch 0's through every resume.
+EVERY_WRITE = ["device=cpu", "arch=u2netp", "model_name=u2netp", "image_size=64", "crop_size=48", "batch_size=2",
+               "image_num=4", "val_image_num=2", "dataloader.num_worker=0", "amp=off", "seed=3", "epoch_num=2",
+               "save_every=2", "lr=0.003", "lr_schedule=constant", "loss=l1", "update_ratio_epoch=1"]
+
+
+class Stop(BaseException):
+    """Stands for the process being killed (not an Exception: nothing may catch it)."""
+
+
+def snapshot_every_write(monkeypatch, results_dir, store):
+    """Before each ``os.replace`` into ``results_dir`` (the rename that ends every atomic write),
+    copy the run folder to ``store/<k>/``: the files a kill at that instant leaves, the
+    complete temporary file included. Returns the list of ``(copy, file being written)``."""
+    real_replace, taken = os.replace, []
+
+    def replace(src, dst, *args, **kwargs):
+        rel = os.path.relpath(os.path.abspath(dst), results_dir)
+        if not rel.startswith(".."):
+            run = rel.split(os.sep)[0]
+            copy = os.path.join(store, f"{len(taken):02d}", run)
+            shutil.copytree(os.path.join(results_dir, run), copy)
+            taken.append((copy, os.path.relpath(rel, run)))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return taken
+
+
+def record_rng(monkeypatch):
+    """Wrap train_stage2's train_one_epoch: record the RNG states at the start of each epoch in
+    the returned list, then draw from every generator, as dropout or augmentation in the main
+    process would (without this nothing in training draws, and a lost RNG state goes unseen)."""
+    real, seen = train_stage2.train_one_epoch, []
+
+    def train_one_epoch(state, criterion, loader, epoch, epoch_num):
+        seen.append((epoch, capture_rng_state()))
+        torch.rand(5), np.random.rand(5), random.random()
+        return real(state, criterion, loader, epoch, epoch_num)
+
+    monkeypatch.setattr(train_stage2, "train_one_epoch", train_one_epoch)
+    return seen
+
+
+def files_of(run_dir):
+    return sorted(os.path.relpath(os.path.join(folder, name), run_dir)
+                  for folder, _, names in os.walk(run_dir) for name in names)
+
+
+def assert_same_rng(a, b):
+    torch.testing.assert_close(a["torch"], b["torch"], rtol=0, atol=0)
+    torch.testing.assert_close(a["numpy"]["keys"], b["numpy"]["keys"], rtol=0, atol=0)
+    assert {k: v for k, v in a["numpy"].items() if k != "keys"} == {k: v for k, v in b["numpy"].items() if k != "keys"}
+    assert torch.equal(a["python"]["state"], b["python"]["state"]) and a["python"]["gauss"] == b["python"]["gauss"]
+
+
+def assert_same_run(want, have):
+    """The files of run ``have`` are those of run ``want``: the same names, the same log (timing
+    columns aside), the same weights, grids, curves and checkpoint."""
+    assert files_of(have) == files_of(want)
+    without_timing = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
+    assert without_timing(read_log(have)) == without_timing(read_log(want))
+    for name in files_of(want):
+        a, b = os.path.join(want, name), os.path.join(have, name)
+        if name.startswith("model" + os.sep):
+            wa, wb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+            assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
+        elif name.endswith(".png") or name == "start.json":
+            assert open(a, "rb").read() == open(b, "rb").read(), name
+    settings = [json.load(open(os.path.join(run, "settings.json"))) for run in (want, have)]
+    same = dict(resume="", results_dir="")  # where the run is, and whether it was resumed
+    assert {**settings[0], **same} == {**settings[1], **same}
+    ca, cb = (torch.load(os.path.join(run, "checkpoint.pth"), weights_only=True) for run in (want, have))
+    for key in ("epoch", "best_mad", "best_epoch", "epoch_weights", "scheduler", "e2h", "arch", "world_size"):
+        assert ca[key] == cb[key], key
+    assert without_timing(ca["log"]) == without_timing(cb["log"])
+    assert torch.equal(ca["grid_png"], cb["grid_png"])
+    assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+    torch.testing.assert_close(ca["optimizer"], cb["optimizer"], rtol=0, atol=0)
+    assert_same_rng(ca["rng"][0], cb["rng"][0])
+
+
+@pytest.mark.filterwarnings("ignore:no starting weights")
+def test_a_stop_at_every_write_resumes_to_the_uninterrupted_run(make_paixin, one_thread, tmp_path, monkeypatch,
+                                                                  capsys):
+    settings = EVERY_WRITE + [f"dataset_path={make_paixin()}"]
+    monkeypatch.chdir(tmp_path)  # no results_stage1/ here: from the seed's random initialisation
+    seen = record_rng(monkeypatch)
+    with monkeypatch.context() as patch:
+        taken = snapshot_every_write(patch, str(tmp_path / "whole"), str(tmp_path / "stops"))
+        whole = train_stage2.main(sets(*settings, f"results_dir={tmp_path / 'whole'}"))
+    whole_rng = dict(seen)
+    ckpt = torch.load(os.path.join(whole, "checkpoint.pth"), weights_only=True)
+    assert ckpt["best_epoch"] == 0, "epoch 1 must be worse than epoch 0 here (pick another lr or seed)"
+    written = [name for _, name in taken]
+    assert written == ["start.json", "settings.json"] + ["checkpoint.pth", "model/best.pth", "image/epoch0.png",
+                                                         "train_log.csv", "curves.png", "checkpoint.pth",
+                                                         "model/u2netp_epoch1.pth", "image/epoch1.png",
+                                                         "train_log.csv", "curves.png"]
+    for copy, name in taken:
+        if not os.path.exists(os.path.join(copy, "settings.json")):  # not a run folder yet
+            with pytest.raises(SystemExit):
+                train_stage2.main(sets(f"resume={copy}"))
+            assert "not a run folder" in capsys.readouterr().err
+            continue
+        committed = torch.load(os.path.join(copy, "checkpoint.pth"), weights_only=True)["epoch"] \
+            if os.path.exists(os.path.join(copy, "checkpoint.pth")) else -1
+        del seen[:]
+        assert train_stage2.main(sets(f"resume={copy}")) == copy
+        out = capsys.readouterr().out
+        assert ("training it again from epoch 0" in out) == (committed == -1), (name, out[-500:])
+        assert [epoch for epoch, _ in seen] == list(range(committed + 1, 2)), name
+        for epoch, rng in seen:
+            assert_same_rng(rng, whole_rng[epoch])
+        assert_same_run(whole, copy)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_restarts_from_its_starting_weights(
+        make_paixin, one_thread, tmp_path, monkeypatch, capsys):
+    """Stage 2 takes the newest results_stage1/*/model/best.pth; a newer one that appears before
+    the resume is not taken, and a starting file changed since is refused."""
+    settings = EVERY_WRITE + [f"dataset_path={make_paixin()}", "epoch_num=1"]
+    monkeypatch.chdir(tmp_path)
+
+    def stage1_run(name, seed):
+        os.makedirs(tmp_path / "results_stage1" / name / "model")
+        torch.manual_seed(seed)
+        atomic_save(build_model("u2netp").state_dict(), str(tmp_path / "results_stage1" / name / "model" / "best.pth"))
+
+    stage1_run("old", 1)
+    whole = train_stage2.main(sets(*settings, f"results_dir={tmp_path / 'whole'}"))
+
+    def stop(*args):
+        raise Stop()
+
+    def stopped_run():  # stopped in its first epoch
+        with monkeypatch.context() as patch:
+            patch.setattr(train_stage2, "train_one_epoch", stop)
+            with pytest.raises(Stop):
+                train_stage2.main(sets(*settings, f"results_dir={tmp_path / 'stopped'}"))
+        return max(glob.glob(str(tmp_path / "stopped" / "*")), key=os.path.getmtime)
+
+    run = stopped_run()
+    assert sorted(os.listdir(run)) == ["image", "model", "settings.json", "start.json"]
+    stage1_run("new", 2)
+    os.utime(tmp_path / "results_stage1" / "new" / "model" / "best.pth")
+    capsys.readouterr()
+    assert train_stage2.main(sets(f"resume={run}")) == run
+    assert "training it again from epoch 0 with its settings.json and its starting weights" in capsys.readouterr().out
+    assert_same_run(whole, run)
+
+    run = stopped_run()  # now after "new": starts from it; then that file changes
+    assert json.load(open(os.path.join(run, "start.json")))["weights"].endswith(os.path.join("new", "model", "best.pth"))
+    torch.manual_seed(3)
+    atomic_save(build_model("u2netp").state_dict(), str(tmp_path / "results_stage1" / "new" / "model" / "best.pth"))
+    with pytest.raises(CheckpointError, match="changed since"):
+        train_stage2.main(sets(f"resume={run}"))

@@ -4,6 +4,8 @@ import contextlib
 import os
 import threading
 
+TMP_SUFFIX = ".tmp"
+
 
 @contextlib.contextmanager
 def atomic_open(path, mode="wb", fsync=False, **kwargs):
@@ -18,7 +20,7 @@ def atomic_open(path, mode="wb", fsync=False, **kwargs):
     ...     f.write("a,b\\n")
     """
     folder, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{base}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = os.path.join(folder, f".{base}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}")
     try:
         with open(tmp, mode, **kwargs) as f:
             yield f
@@ -35,3 +37,13 @@ def atomic_write(path, data, fsync=False):
     """Write ``data`` (bytes) to ``path`` atomically (see ``atomic_open``)."""
     with atomic_open(path, "wb", fsync=fsync) as f:
         f.write(data)
+
+
+def remove_temporaries(folder):
+    """Remove the temporary files ``atomic_open`` left in ``folder`` when its process was killed
+    mid-write (``.<name>.<pid>.<thread>.tmp``); call it only when no writer is active there.
+    Returns their names."""
+    names = [name for name in os.listdir(folder) if name.startswith(".") and name.endswith(TMP_SUFFIX)]
+    for name in names:
+        os.remove(os.path.join(folder, name))
+    return names

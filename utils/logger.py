@@ -2,8 +2,7 @@
 
 ``MetricLogger`` holds named ``SmoothedValue``s (window median for the bar, exact weighted mean
 for the epoch's row; the engine feeds it numbers already summed over the processes), and wraps the loader in a tqdm bar shown on
-the main process only. ``CSVLog`` appends one row per epoch to ``train_log.csv`` and, on resume,
-drops the rows of epochs that are about to be trained again.
+the main process only. ``CSVLog`` writes ``train_log.csv`` from the rows its owner holds.
 """
 import collections
 import csv
@@ -73,27 +72,21 @@ class MetricLogger:
 
 
 class CSVLog:
-    """``train_log.csv``: one row per epoch, columns fixed by the first row.
+    """``train_log.csv``, a view of rows held elsewhere (by a training run: the rows its
+    ``checkpoint.pth`` holds): each ``write`` rewrites the whole file atomically from the rows
+    given, so the file never holds a row its owner has not committed.
 
-    ``start_epoch``: rows whose ``epoch`` is at or after it are dropped (a resumed run re-trains
-    them), so the log of a resumed run equals that of an uninterrupted one.
+    Rows are dicts of numbers, columns in the order of the first row; floats are written with
+    full precision (``repr``), so ``read_file`` gives back the same numbers.
     """
 
-    def __init__(self, path, start_epoch=0):
+    def __init__(self, path, rows=()):
         self.path = path
-        self.rows = []
-        if os.path.exists(path):
-            with open(path, newline="") as f:
-                self.rows = [row for row in csv.DictReader(f) if int(row["epoch"]) < start_epoch]
-            self._rewrite()
+        self.rows = [dict(row) for row in rows]
 
-    def append(self, row):
-        """Add ``row`` (a dict); numbers are written with full float precision."""
-        row = {k: (repr(float(v)) if isinstance(v, float) else v) for k, v in row.items()}
-        self.rows.append(row)
-        self._rewrite()
-
-    def _rewrite(self):
+    def write(self, rows):
+        """Make the file hold exactly ``rows`` (no rows: no file)."""
+        self.rows = [dict(row) for row in rows]
         if not self.rows:
             if os.path.exists(self.path):
                 os.remove(self.path)
@@ -101,8 +94,17 @@ class CSVLog:
         with atomic_open(self.path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
             writer.writeheader()
-            writer.writerows(self.rows)
+            writer.writerows({k: (repr(float(v)) if isinstance(v, float) else v) for k, v in row.items()}
+                             for row in self.rows)
 
     def read(self):
         """The rows as dicts of floats (the ``epoch`` column as int)."""
         return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in self.rows]
+
+    @staticmethod
+    def read_file(path):
+        """The rows of the CSV file ``path`` as ``read`` gives them; [] when there is no file."""
+        if not os.path.exists(path):
+            return []
+        with open(path, newline="") as f:
+            return CSVLog(path, csv.DictReader(f)).read()

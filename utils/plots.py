@@ -79,13 +79,14 @@ def _tiles(rgb, gt, pred, height):
     return np.concatenate([rgb, gray(gt), gray(pred), cutout], axis=1)
 
 
-def save_preview_grid(previews, path, height=192):
-    """One row per validation image: input | ground truth | prediction | cut-out (on a checkerboard).
+def preview_grid_png(previews, height=192):
+    """One row per validation image: input | ground truth | prediction | cut-out (on a checkerboard),
+    as PNG bytes (b"" when there are no previews).
 
     previews: list of ``(rgb uint8 (H,W,3), gt float32 (H,W) in [0,1], pred float32 (H,W) in [0,1])``.
     """
     if not previews:
-        return
+        return b""
     rows = [_tiles(rgb, gt, pred, height) for rgb, gt, pred in previews]
     width = max(row.shape[1] for row in rows)
     gap = np.full((4, width, 3), 255, np.uint8)
@@ -94,6 +95,15 @@ def save_preview_grid(previews, path, height=192):
         pad = np.full((height, width - row.shape[1], 3), 255, np.uint8)
         padded += [np.concatenate([row, pad], axis=1), gap]
     grid = np.concatenate(padded[:-1], axis=0)
-    if not cv2.imwrite(path, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"{path}: could not write the image")
+    ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"could not encode a {grid.shape} preview grid as PNG")
+    return png.tobytes()
 
+
+def save_preview_grid(previews, path, height=192):
+    """``preview_grid_png(previews, height)`` written to ``path`` (nothing when there are no previews)."""
+    png = preview_grid_png(previews, height)
+    if png:
+        with open(path, "wb") as f:
+            f.write(png)

@@ -5,9 +5,13 @@ Two kinds of files, both readable with ``torch.load(path, weights_only=True)``:
   ``state_dict`` of the unwrapped network (no ``module.``/``_orig_mod.`` prefixes, contiguous CPU
   tensors), which the original U-2-Net code loads as it is;
 - ``checkpoint.pth``: ``{"model", "optimizer", "scheduler", "scaler", "epoch", "best_mad",
-  "rng", "e2h", "settings", "arch", "world_size"}`` with tensors and plain Python types only.
+  "best_epoch", "rng", "e2h", "settings", "arch", "world_size", "log", "epoch_weights",
+  "grid_png"}`` with tensors and plain Python types only; the last three (the log rows so far,
+  the name of the epoch's weight file or "", the validation grid as PNG bytes in a uint8 tensor)
+  are what ``run_folder.RunFolder.write_derived`` rebuilds the epoch's other files from.
 Every file is written to a temporary name in the same folder and renamed over the old one
-(``os.replace``), so a run killed at any moment leaves either the old file or the new one.
+(``os.replace``), so a run killed at any moment leaves either the old file or the new one;
+``checkpoint.pth`` is also flushed to the disk (fsync) before the rename: it is the commit point.
 """
 import os
 import pickle
@@ -82,6 +86,11 @@ def gather_rng_states():
 def save_checkpoint(run_dir, state):
     """Write ``state`` (a dict of tensors and plain types) to ``run_dir/checkpoint.pth`` atomically."""
     atomic_save(state, os.path.join(run_dir, CHECKPOINT_NAME))
+
+
+def has_checkpoint(run_dir):
+    """Whether ``run_dir`` holds a ``checkpoint.pth`` (at least one epoch committed)."""
+    return os.path.isfile(os.path.join(run_dir, CHECKPOINT_NAME))
 
 
 def load_checkpoint(run_dir):
