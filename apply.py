@@ -22,6 +22,11 @@ PyTorch is not imported at all.
 Network input: each photo resized to ``--size`` x ``--size`` (default 320, aspect not kept), as
 the original U-2-Net test script; ``--resize short_side`` keeps the aspect ratio (the scale
 this project trains at) for 1.33x the compute on 3:4 photos. See utils/inference/predict.py.
+
+Full resolution: the network's 320 px alpha is refined at the photo's own resolution with the
+photo as the guide (``--refine``, utils/inference/refine.py); alphas, cut-outs, composites and
+the foreground colours all use the refined alpha. ``--refine none`` gives the network's alpha
+resized, as before refinement existed.
 """
 import argparse
 import ctypes
@@ -33,11 +38,13 @@ import time
 REPO = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, REPO)
 
-from utils.constants import PRECISIONS, RESIZE_POLICIES  # noqa: E402
+from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES  # noqa: E402
 from utils.inference.cutout import parse_background  # noqa: E402
 from utils.inference.files import OUTPUT_KINDS, MatteReport, collect_inputs, matte_files, share_inputs  # noqa: E402
 from utils.inference.onnx_model import OnnxModel, is_onnx_path, load_any_model  # noqa: E402
 from utils.runs import choose_weights  # noqa: E402
+
+DEFAULT_REFINE = "guided"  # benchmarks/refine.py: sharper edges for ~0.1 s a photo; README has the figures
 
 NO_MODEL = """no model found: pass --model FILE (U2NET or U2NETP weights, e.g. the original
 U-2-Net's u2net.pth or a results_stage*/<run>/model/best.pth), or train one:
@@ -67,6 +74,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32; bf16 (CUDA, or CPUs with AVX512-BF16/AMX); fp16 (CUDA)")
+    p.add_argument("--refine", choices=REFINE_METHODS, default=DEFAULT_REFINE,
+                   help="full-resolution alpha: none (the network's, resized), guided (fast guided filter), "
+                        f"matting (closed-form matting in the edge band) (default: {DEFAULT_REFINE}; see README)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per network call (default: 1 on CPU, 8 on CUDA)")
     p.add_argument("--workers", type=int, default=2, help="decoding threads (default: 2)")
@@ -198,7 +208,7 @@ def run(args, dist):
         report = matte_files(model, mine, args.output, outputs=outputs, background=background,
                              size=args.size, resize=args.resize, device=device, precision=args.precision,
                              batch_size=batch_size, workers=args.workers, overwrite=args.overwrite,
-                             progress=not args.quiet and main_process)
+                             progress=not args.quiet and main_process, refine=args.refine)
     except ValueError as err:  # up-front checks (size, precision, batch size)
         print(f"apply.py: error: {err}", file=sys.stderr)
         return 2

@@ -308,6 +308,8 @@ def main():
     parser.add_argument("--no-onnx", action="store_true", help="skip the exported model (apply.py .onnx, rembg)")
     parser.add_argument("--no-rembg", action="store_true", help="skip rembg even when it is installed")
     parser.add_argument("--threads", type=int, default=None, help="apply.py --threads")
+    parser.add_argument("--refine", default="none",
+                        help="apply.py --refine (default: none, the same work as the original script and rembg)")
     parser.add_argument("--tree-pss", type=float, default=0.0, metavar="S",
                         help="also sample the process tree's PSS every S seconds (slows the runs; default off)")
     parser.add_argument("--stages", action="store_true", help="also time each step of one photo, in process")
@@ -351,7 +353,7 @@ def main():
             cmd = [sys.executable, os.path.join(REPO, "apply.py"), "--input", input_dir, "--output", out,
                    "--model", model, "--outputs", "alpha", "--size", str(args.size), "--device", "cpu",
                    "--precision", "fp32" if precision == "onnx" else precision, "--batch-size", str(bs),
-                   "--overwrite", "--quiet"]
+                   "--overwrite", "--quiet", "--refine", args.refine]
             if args.workers is not None:
                 cmd += ["--workers", str(args.workers)]
             if args.threads is not None:

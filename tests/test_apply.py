@@ -70,7 +70,8 @@ def test_outputs_have_the_inputs_sizes_and_the_inference_functions_alpha(tmp_pat
     out = tmp_path / "out"
     assert run(weights, "--input", tmp_path / "in", "--output", out, "--outputs", "alpha,cutout,composite",
                "--background", "#00ff00") == 0
-    expected = predict_alphas(load_model(weights), [read_rgb(p) for p in paths], size=64, batch_size=1)
+    expected = predict_alphas(load_model(weights), [read_rgb(p) for p in paths], size=64, batch_size=1,
+                              refine=apply.DEFAULT_REFINE)
     for path, alpha in zip(paths, expected):
         stem = os.path.splitext(os.path.basename(path))[0]
         h, w = read_rgb(path).shape[:2]
