@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from utils.device import amp_dtype, resolve_device
+from utils.device import resolve_device
 from utils.settings import SettingsError, build_settings, default_config_path, load_settings, settings_to_dict
 
 
@@ -112,12 +112,6 @@ def test_resolve_device():
             resolve_device("cuda:0")
         with pytest.warns(UserWarning, match="training on the CPU"):
             resolve_device("auto", training=True)
-
-
-def test_amp_dtype():
-    cpu = torch.device("cpu")
-    assert amp_dtype(cpu, "auto") is None and amp_dtype(cpu, "off") is None
-    assert amp_dtype(cpu, "bf16") is torch.bfloat16 and amp_dtype(cpu, "fp16") is torch.float16
 
 
 def test_named_weights_in_model_path_or_its_model_folder(config, tmp_path):

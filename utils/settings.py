@@ -66,7 +66,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     loss: str = "l1"                     # l1 (the seed's) | bce (the original U-2-Net's)
     unknown_loss_weight: float = 1.0     # weight of the fused output's L1 inside the trimap's unknown band
-    amp: str = "auto"                    # auto (bf16/fp16 on CUDA, off on CPU) | off | bf16 | fp16
+    amp: str = "auto"                    # auto (bf16 where native, CPU or CUDA; else fp16 on CUDA, off on CPU) | off | bf16 | fp16
     channels_last: bool = True
     compile: bool = False                # torch.compile the model
     grad_clip: float = 0.0               # max gradient norm; 0 = off
