@@ -194,8 +194,8 @@ def assert_same_run(want, have):
 
 
 @pytest.mark.filterwarnings("ignore:no starting weights")
-def test_a_stop_at_every_write_resumes_to_the_uninterrupted_run(make_paixin, one_thread, tmp_path, monkeypatch,
-                                                                  capsys):
+def test_a_stop_at_every_write_resumes_to_the_same_files_and_rng_states(make_paixin, one_thread, tmp_path,
+                                                                         monkeypatch, capsys):
     settings = EVERY_WRITE + [f"dataset_path={make_paixin()}"]
     monkeypatch.chdir(tmp_path)  # no results_stage1/ here: from the seed's random initialisation
     seen = record_rng(monkeypatch)
