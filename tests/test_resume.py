@@ -25,7 +25,10 @@ import torch
 import train_stage2
 from model import CheckpointError, build_model
 from utils.training.checkpoint import atomic_save, capture_rng_state
-from utils.training.run_folder import TIMING_COLUMNS
+from utils.distributed import DistInfo
+from utils.logger import CSVLog
+from utils.settings import build_settings
+from utils.training.run_folder import COLUMNS, TIMING_COLUMNS, RunFolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = ["device=cpu", "arch=u2netp", "model_name=u2netp", "image_size=64", "crop_size=48", "batch_size=2",
@@ -268,3 +271,15 @@ def test_a_run_stopped_before_its_first_checkpoint_restarts_from_its_starting_we
     atomic_save(build_model("u2netp").state_dict(), str(tmp_path / "results_stage1" / "new" / "model" / "best.pth"))
     with pytest.raises(CheckpointError, match="changed since"):
         train_stage2.main(sets(f"resume={run}"))
+
+
+def test_a_checkpoint_without_log_rows_resumes_with_the_csv_rows_of_its_epochs(tmp_path):
+    """Checkpoints of the version before the commit point hold no log: the CSV rows up to the
+    checkpoint's epoch are kept (that version wrote them before its checkpoint), later ones dropped."""
+    run = tmp_path / "run"
+    os.makedirs(run / "model")
+    CSVLog(str(run / "train_log.csv")).write([{"epoch": e, **{c: 0.1 * e for c in COLUMNS[1:]}} for e in range(3)])
+    settings = build_settings("train_stage2", overrides=[f"dataset_path={tmp_path}", f"resume={run}"])
+    RunFolder(settings, DistInfo(), checkpoint={"epoch": 1, "model": {}, "best_mad": 0.5})
+    assert [(r["epoch"], r["val_mad"]) for r in read_log(run)] == [("0", "0.0"), ("1", "0.1")]
+    assert os.path.getsize(run / "curves.png") > 0 and os.listdir(run / "model") == []
