@@ -38,9 +38,9 @@ from .preprocess import _resize, alpha_to_size  # ``none`` is exactly the resize
 
 # Defaults, chosen with benchmarks/refine.py (see the README's table).
 GUIDED_DEFAULTS = {
-    "work_size": 1024,   # px: long side of the working resolution the coefficients are solved at
+    "work_size": 512,    # px: long side of the working resolution the coefficients are solved at
     "radius": 4,         # px at the working resolution: window radius of the guided filter
-    "eps": 1e-3,         # regulariser of the filter, in (colour in [0,1])^2; larger = smoother
+    "eps": 1e-4,         # regulariser of the filter, in (colour in [0,1])^2; larger = smoother
 }
 MATTING_DEFAULTS = {
     "band": 0.5,         # coarse-alpha pixels: the band's margin (x the photo's scale, >= 2 px)

@@ -1,0 +1,209 @@
+"""utils/inference/refine.py: full-resolution alpha from the network's coarse alpha.
+
+Small synthetic photos with a known fractional edge (a disc and thin strands drawn at 4x and
+area-downsampled, over a textured background); the coarse alpha is the truth shrunk to the
+network's size and blurred by 1 px, as a perfect network would give it. Also: apply.py and
+test_stage2.py pass ``refine`` through.
+"""
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import apply
+import test_stage2
+from data_loader.image_io import read_rgb
+from model import build_model, load_model
+from utils.constants import REFINE_METHODS
+from utils.inference.predict import predict_alphas
+from utils.inference.preprocess import alpha_to_size
+from utils.inference.refine import GUIDED_DEFAULTS, MATTING_DEFAULTS, refine_alpha, trimap_from_coarse
+from utils.metrics import matting_metrics
+
+H, W, NET = 240, 320, 40  # photo and network sizes: 8x, like 2560 px photos at 320
+
+
+def scene(h=H, w=W, seed=0):
+    """(photo uint8 (h,w,3), truth float32 (h,w)): a disc with thin strands, drawn at 4x."""
+    rng = np.random.default_rng(seed)
+    big = np.zeros((h * 4, w * 4), np.uint8)
+    cv2.circle(big, (w * 2, h * 3), int(h * 1.6), 255, -1)
+    for _ in range(25):
+        x0 = int(rng.integers(w, 3 * w))
+        pts = np.array([[x0, int(h * 1.5)], [x0 + int(rng.integers(-60, 60)), int(h * 0.8)],
+                        [x0 + int(rng.integers(-90, 90)), int(h * 0.4)]], np.int32)
+        cv2.polylines(big, [pts.reshape(-1, 1, 2)], False, 255, thickness=2)
+    truth = cv2.resize(big, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    bg = np.stack([80 + 60 * np.sin(xx / 7), 120 + 50 * np.cos(yy / 5), 90 + 40 * np.sin((xx + yy) / 11)], 2)
+    bg += rng.normal(0, 4, bg.shape)
+    fg = np.array([230, 190, 60], np.float32)
+    photo = truth[..., None] * fg + (1 - truth[..., None]) * bg
+    return np.clip(photo + 0.5, 0, 255).astype(np.uint8), truth
+
+
+def coarse_of(truth, size=NET):
+    small = cv2.resize(truth, (size, size), interpolation=cv2.INTER_AREA)
+    return np.clip(cv2.GaussianBlur(small, (0, 0), 1.0), 0, 1)
+
+
+@pytest.fixture(scope="module")
+def example():
+    photo, truth = scene()
+    return photo, truth, coarse_of(truth)
+
+
+@pytest.mark.parametrize("method", REFINE_METHODS)
+def test_shapes_dtypes_ranges(example, method):
+    photo, _, coarse = example
+    alpha = refine_alpha(photo, coarse, method)
+    assert alpha.shape == photo.shape[:2] and alpha.dtype == np.float32
+    assert alpha.min() >= 0.0 and alpha.max() <= 1.0 and np.isfinite(alpha).all()
+
+
+def test_none_is_exactly_todays_resize(example):
+    photo, _, coarse = example
+    np.testing.assert_array_equal(refine_alpha(photo, coarse, "none"), alpha_to_size(coarse, H, W))
+
+
+def test_guided_and_matting_are_closer_to_the_truth_than_none(example):
+    photo, truth, coarse = example
+    scores = {m: matting_metrics(refine_alpha(photo, coarse, m), truth) for m in REFINE_METHODS}
+    assert scores["guided"]["grad"] < 0.9 * scores["none"]["grad"]  # sharper edges ...
+    assert scores["guided"]["mse"] < scores["none"]["mse"]
+    assert scores["guided"]["sad"] <= 1.02 * scores["none"]["sad"]  # ... hardly a change in SAD here
+    assert scores["matting"]["sad"] < 0.75 * scores["none"]["sad"]
+    assert scores["matting"]["grad"] < 0.5 * scores["none"]["grad"]
+
+
+def test_matting_sure_regions_are_exactly_0_and_1(example):
+    photo, _, coarse = example
+    alpha = refine_alpha(photo, coarse, "matting")
+    options = {k: MATTING_DEFAULTS[k] for k in ("band", "low", "high")}
+    fg, unknown = trimap_from_coarse(coarse, H, W, **options)
+    assert fg.any() and (~fg & ~unknown).any() and unknown.any()
+    assert (alpha[fg] == 1.0).all() and (alpha[~fg & ~unknown] == 0.0).all()
+    fractional = (alpha > 0) & (alpha < 1)
+    assert fractional.any() and not (fractional & ~unknown).any()
+
+
+def test_matting_in_two_levels_for_photos_longer_than_its_working_size(example):
+    photo, truth, coarse = example
+    one = refine_alpha(photo, coarse, "matting")
+    two = refine_alpha(photo, coarse, "matting", work_size=160)
+    none = matting_metrics(refine_alpha(photo, coarse, "none"), truth)["sad"]
+    assert matting_metrics(two, truth)["sad"] < 0.75 * none
+    assert not np.array_equal(one, two)
+    corners = two[[0, 0, -1, -1], [0, -1, 0, -1]]
+    assert set(np.unique(corners)) <= {0.0, 1.0} and two[-1, W // 2] == 1.0
+
+
+def test_a_band_over_most_of_the_photo_falls_back_to_guided_with_a_warning(example):
+    photo, _, _ = example
+    unsure = np.full((NET, NET), 0.5, np.float32)
+    with pytest.warns(RuntimeWarning, match="guided"):
+        alpha = refine_alpha(photo, unsure, "matting")
+    np.testing.assert_array_equal(alpha, refine_alpha(photo, unsure, "guided"))
+
+
+@pytest.mark.parametrize("coarse, message", [
+    (np.full((NET, NET), np.nan, np.float32), "NaN"),
+    (np.full((NET, NET), 1.5, np.float32), r"\[0,1\]"),
+    (np.full((NET, NET), -0.1, np.float32), r"\[0,1\]"),
+    (np.zeros((2, NET, NET), np.float32), "2-D"),
+    (np.zeros(NET, np.float32), "2-D"),
+])
+def test_bad_coarse_alphas_are_errors_that_name_them(example, coarse, message):
+    with pytest.raises(ValueError, match=message):
+        refine_alpha(example[0], coarse, "guided")
+
+
+def test_bad_methods_options_and_images(example):
+    photo, _, coarse = example
+    with pytest.raises(ValueError, match="must be one of"):
+        refine_alpha(photo, coarse, "bilateral")
+    with pytest.raises(ValueError, match="no option"):
+        refine_alpha(photo, coarse, "guided", band=2)
+    with pytest.raises(ValueError, match="uint8"):
+        refine_alpha(photo.astype(np.float32), coarse, "guided")
+    assert set(GUIDED_DEFAULTS) and set(MATTING_DEFAULTS)
+
+
+@pytest.mark.filterwarnings("ignore:refine 'matting'")  # the 20x30 crop is mostly band: guided instead
+def test_gray_16_bit_and_tiny_photos(tmp_path, example):
+    _, truth, coarse = example
+    gray16 = (truth * 65535).astype(np.uint16)
+    path = str(tmp_path / "gray16.png")
+    Image.fromarray(gray16).save(path)
+    image = read_rgb(path)  # 16-bit gray arrives as uint8 RGB
+    for method in REFINE_METHODS:
+        assert refine_alpha(image, coarse, method).shape == (H, W)
+        assert refine_alpha(image[..., 0], coarse, method).shape == (H, W)  # (H,W) gray
+        assert refine_alpha(image[:20, :30], coarse, method).shape == (20, 30)  # smaller than the network
+
+
+# ---------------------------------------------------------------- the scripts pass it through
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "u2netp.pth"
+    torch.save(build_model("u2netp").state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("refine_data")
+    for i in range(2):
+        photo, truth = scene(96, 128, seed=i)
+        os.makedirs(root / "images", exist_ok=True)
+        os.makedirs(root / "alphas", exist_ok=True)
+        Image.fromarray(photo).save(root / "images" / f"p{i}.png")
+        Image.fromarray(np.round(truth * 255).astype(np.uint8)).save(root / "alphas" / f"p{i}.png")
+    return root
+
+
+def test_apply_passes_refine_through(weights, folders, tmp_path, one_thread):
+    paths = sorted(str(folders / "images" / n) for n in os.listdir(folders / "images"))
+    images = [read_rgb(p) for p in paths]
+    for method in ("none", "guided"):
+        out = tmp_path / method
+        assert apply.main(["--model", weights, "--quiet", "--size", "64", "--input", str(folders / "images"),
+                           "--output", str(out), "--outputs", "alpha,cutout", "--refine", method]) == 0
+        expected = predict_alphas(load_model(weights), images, size=64, batch_size=1, refine=method)
+        for path, alpha in zip(paths, expected):
+            written = np.array(Image.open(out / "alpha" / os.path.basename(path)))
+            np.testing.assert_array_equal(written, np.round(alpha * 255).astype(np.uint8))
+            np.testing.assert_array_equal(np.array(Image.open(out / "cutout" / os.path.basename(path)))[..., 3], written)
+    none, guided = (np.array(Image.open(tmp_path / m / "alpha" / "p0.png")) for m in ("none", "guided"))
+    assert not np.array_equal(none, guided)
+
+
+def test_predict_alphas_refine_none_is_the_default(weights, folders, one_thread):
+    images = [read_rgb(str(folders / "images" / "p0.png"))]
+    model = load_model(weights)
+    np.testing.assert_array_equal(predict_alphas(model, images, size=64)[0],
+                                  predict_alphas(model, images, size=64, refine="none")[0])
+    with pytest.raises(ValueError, match="refine must be one of"):
+        predict_alphas(model, images, size=64, refine="sharpen")
+
+
+def test_test_stage2_passes_refine_through(weights, folders, tmp_path, one_thread):
+    outputs = {}
+    for method in ("none", "guided"):
+        out = test_stage2.main(["--images", str(folders / "images"), "--alphas", str(folders / "alphas"),
+                                "--output", str(tmp_path / method), "--grid-rows", "0",
+                                "--set", f"model_path={os.path.dirname(weights)}", "--set", "pth_name=u2netp.pth",
+                                "--set", "device=cpu", "--set", "image_size=64", "--set", "dataloader.num_worker=0",
+                                "--set", f"refine={method}"])
+        with open(os.path.join(out, "summary.json")) as f:
+            outputs[method] = json.load(f)
+        assert outputs[method]["settings"]["refine"] == method
+    assert outputs["none"]["means"]["sad"] != outputs["guided"]["means"]["sad"]
+    with pytest.raises(SystemExit):
+        test_stage2.main(["--images", str(folders / "images"), "--alphas", str(folders / "alphas"),
+                          "--set", "refine=sharpen"])
