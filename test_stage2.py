@@ -2,8 +2,9 @@
 
 Three ways, each at the ground truth's full resolution, deterministic:
 
-    # 1. the held-out split ("val") of dataset_path, each photo composited with r = 1 on a fixed
-    #    hard background; weights from model_path/pth_name, else results_stage2/<newest>/model/best.pth
+    # 1. the held-out split ("val") of dataset_path, each photo composited on backgrounds fixed per
+    #    file at e2h ratio heldout_ratio (1, the default: a real photo; 0: an easy background);
+    #    weights from model_path/pth_name, else results_stage2/<newest>/model/best.pth
     python test_stage2.py
     python test_stage2.py --set model_path=results_stage2/u2net_stage2_20260101_120000 --set pth_name=best.pth
 
@@ -74,14 +75,14 @@ def parse_args(argv=None):
 class HeldOut(Dataset):
     """The first ``n`` images of a dataset's ``load_full``, as evaluation samples."""
 
-    def __init__(self, dataset, n=None):
-        self.dataset, self.n = dataset, min(len(dataset), n or len(dataset))
+    def __init__(self, dataset, n=None, ratio=1.0):
+        self.dataset, self.n, self.ratio = dataset, min(len(dataset), n or len(dataset)), ratio
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, index):
-        image, alpha, name = self.dataset.load_full(index)
+        image, alpha, name = self.dataset.load_full(index, self.ratio)
         key = "/".join(p for p in os.path.splitext(name)[0].split("/") if p != "raw_image")
         return {"name": key, "image": image, "alpha": alpha, "pred": None, "trimap": None, "files": {}}
 
@@ -90,7 +91,8 @@ def build_data(settings, args):
     """-> (dataset of samples, short description, {role: unmatched names})."""
     if not args.alphas:
         ds = ForegroundDataset(settings.dataset_path, split="val", seed=settings.seed)
-        return HeldOut(ds, settings.image_num), f"val split of {settings.dataset_path} (r = 1)", {}
+        return (HeldOut(ds, settings.image_num, settings.heldout_ratio),
+                f"val split of {settings.dataset_path} (r = {settings.heldout_ratio:g})", {})
     folders = {"alphas": args.alphas, "images": args.images, "predictions": args.predictions, "trimaps": args.trimaps}
     items, unmatched = match_by_stem({role: path for role, path in folders.items() if path})
     if unmatched:

@@ -100,6 +100,11 @@ def index_backgrounds(root, folder, split, cap=None, required=True):
     return kept
 
 
+def _key_seed(key):
+    """A 64-bit seed from a text key (md5), the same in every process."""
+    return int.from_bytes(hashlib.md5(key.encode("utf-8")).digest()[:8], "big")
+
+
 class ForegroundDataset(MattingDataset):
     """Stage-2 dataset with e2h compositing.
 
@@ -113,8 +118,8 @@ class ForegroundDataset(MattingDataset):
 
     ``ds[i]`` -> dict: image float32 (3,c,c) ImageNet-normalised, alpha float32 (1,c,c) in
     [0,1], unknown float32 (1,c,c) in {0,1}, ratio float32 scalar (the r it was made with;
-    1.0 in eval mode), index int. ``ds.load_full(i)`` -> (composite uint8 (H,W,3),
-    alpha float32 (H,W) in [0,1], name str): r = 1 on a background and crop fixed by the name.
+    1.0 in eval mode), index int. ``ds.load_full(i, ratio=1.0)`` -> (composite uint8 (H,W,3),
+    alpha float32 (H,W) in [0,1], name str): r = 1 by default, backgrounds and crop fixed by the name.
     """
 
     def __init__(self, root, split="train", image_num=None, background_num=None, schedule=None,
@@ -176,15 +181,28 @@ class ForegroundDataset(MattingDataset):
         image = composite(to_unit(fg), alpha, hard, easy, ratio)
         return self._pack(image, alpha, ratio, index, random_kernel_size(rng))
 
-    def load_full(self, index):
+    def load_full(self, index, ratio=1.0):
+        """The held-out composite of photo ``index`` at e2h ``ratio`` (default 1: a real photo
+        background) -> (uint8 (H,W,3), alpha float32 (H,W), name). Everything random is fixed by
+        the name and ``seed``: the hard background and its crop, and, for ``ratio`` < 1, the easy
+        one (a ``background_easy/`` image, else a solid colour), so any ratio is reproducible."""
         pair = self.pairs[index]
         fg = self.cache.load_full(pair)
         alpha = read_alpha(pair.mask)
         if alpha.shape != fg.shape[:2]:
             raise ImageReadError(pair.mask, f"size {alpha.shape[::-1]} differs from its photo's {fg.shape[1::-1]}")
         key = f"{self.seed}:{pair.name}"
-        name = stable_choice(key, self.hard)
-        rng = np.random.default_rng(int.from_bytes(hashlib.md5(key.encode("utf-8")).digest()[:8], "big"))
-        background = cover_background(self._read_background(self.hard, self.hard.index(name)), *alpha.shape, rng)
-        image = composite(to_unit(fg), alpha, to_unit(background), None, 1.0)
+        hard = easy = None
+        if ratio > 0:
+            name = stable_choice(key, self.hard)
+            rng = np.random.default_rng(_key_seed(key))
+            hard = to_unit(cover_background(self._read_background(self.hard, self.hard.index(name)), *alpha.shape, rng))
+        if ratio < 1:
+            rng = np.random.default_rng(_key_seed(key + ":easy"))
+            if self.easy:
+                name = stable_choice(key, self.easy)
+                easy = to_unit(cover_background(self._read_background(self.easy, self.easy.index(name)), *alpha.shape, rng))
+            else:
+                easy = solid_colour(rng)
+        image = composite(to_unit(fg), alpha, hard, easy, ratio)
         return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8), alpha, pair.name

@@ -94,3 +94,23 @@ def test_colour_jitter_leaves_alpha_and_tiny_images_are_enlarged():
     out_image, out_alpha = t(image, alpha, rng)
     assert out_image.shape == (32, 32, 3) and out_image.dtype == np.uint8 and out_alpha.shape == (32, 32)
     assert 0.0 <= out_alpha.min() and out_alpha.max() <= 1.0
+
+
+@pytest.mark.parametrize("easy", [0, 3])
+def test_heldout_composites_at_any_ratio(make_paixin, easy):
+    """load_full(i, ratio): r = 1 is the default composite; r = 0 puts the photo on its easy
+    background (one solid colour without background_easy/); r = 0.5 is their mean; all fixed
+    by the name and seed, the same from a second dataset object."""
+    from data_loader import ForegroundDataset
+    root = make_paixin(per_category=4, val=1, backgrounds=3, bg_val=1, easy=easy)
+    ds, again = (ForegroundDataset(root, "val", seed=0, progress=False) for _ in range(2))
+    for i in range(len(ds)):
+        hard, alpha, name = ds.load_full(i)
+        np.testing.assert_array_equal(ds.load_full(i, 1.0)[0], hard)
+        easy0 = ds.load_full(i, 0.0)[0]
+        np.testing.assert_array_equal(again.load_full(i, 0.0)[0], easy0)
+        assert not np.array_equal(easy0, hard)
+        if not easy:
+            assert np.ptp(easy0[alpha == 0].reshape(-1, 3), axis=0).max() == 0
+        half = ds.load_full(i, 0.5)[0].astype(np.float32)
+        np.testing.assert_allclose(half, (hard.astype(np.float32) + easy0) / 2, atol=1.01)

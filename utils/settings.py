@@ -101,6 +101,7 @@ class TestSettings:
     pth_name: str = ""
     dataset_path: str = "data_examples/paixin_comp_mod"
     image_num: typing.Optional[int] = None
+    heldout_ratio: float = 1.0           # e2h ratio of the held-out composites: 1 real photo backgrounds, 0 easy ones
     image_size: typing.Optional[int] = None  # network input; None: the training run's own, else 320
     batch_size: int = 4
     precision: str = "fp32"              # fp32 | bf16 | fp16
@@ -185,6 +186,9 @@ def _validate(settings, sources):
             raise SettingsError(f"{src}: {key} must be one of {sorted(CHOICES[key])}, got {value!r}")
         if key in POSITIVE and value is not None and value <= 0:
             raise SettingsError(f"{src}: {key} must be positive, got {value!r}")
+    if not 0.0 <= flat.get("heldout_ratio", 1.0) <= 1.0:
+        raise SettingsError(f"{sources.get('heldout_ratio', 'defaults')}: heldout_ratio must be in [0, 1], "
+                            f"got {flat['heldout_ratio']!r}")
     if flat.get("crop_size", 0) > (flat.get("image_size") or 1 << 30):
         raise SettingsError(f"{sources.get('crop_size', 'defaults')}: crop_size {flat['crop_size']} "
                             f"is larger than image_size {flat['image_size']}")
