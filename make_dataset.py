@@ -134,7 +134,7 @@ def make_photos(args, dist, rule, model, model_path, manifest):
     """Matte this process's share of the photos into the dataset -> (DatasetReport, count)."""
     files, problems = collect_inputs(args.input, recursive=args.recursive, exclude=args.output)
     todo, clashes, before = plan_photos(share_inputs(files, dist.rank, dist.world_size), manifest.load(),
-                                        manifest, args.overwrite)
+                                        manifest, args.category, args.overwrite)
     writer = DatasetWriter(args.output, args.category, manifest, model_path, args.refine, rule)
     writer.report.before = before
     if dist.is_main:
@@ -176,6 +176,7 @@ def make(args, dist, rule, start):
         made = make_composites(args.output, args.category, args.split, args.composites, args.seed,
                                (dist.rank, dist.world_size), args.overwrite, progress=not args.quiet and dist.is_main)
         report.composites, report.failed = len(made.done), report.failed + made.failed
+        wait_for_all(wait, "the other processes to finish their composites")
     report = DatasetReport.merge(gather_objects(report))
     if dist.is_main:
         if not os.path.isdir(os.path.join(args.output, BACKGROUND_DIR)):

@@ -254,11 +254,12 @@ class DatasetWriter:
                 self.report.ok += 1
 
 
-def plan_photos(inputs, rows, manifest, overwrite):
+def plan_photos(inputs, rows, manifest, category, overwrite):
     """``inputs`` (this process's share) -> (to matte, clashes as (item, reason), done before).
 
     Two inputs whose outputs would overwrite each other: the first is kept, the other fails.
-    A photo is done when its row says so and its files are in place (``Manifest.is_done``)."""
+    A photo is done when its row is of ``category`` and says so, and its files are in place
+    (``Manifest.is_done``)."""
     todo, clashes, before, owner = [], [], 0, {}
     for item in inputs:
         key = output_key(item.name)
@@ -266,7 +267,8 @@ def plan_photos(inputs, rows, manifest, overwrite):
             clashes.append((item, f"its outputs would overwrite those of {owner[key]}; rename one"))
             continue
         owner[key] = item.path
-        if not overwrite and manifest.is_done(rows.get(os.path.abspath(item.path))):
+        row = rows.get(os.path.abspath(item.path))
+        if not overwrite and row and row["name"].startswith(f"{category}/{PHOTO_DIR}/") and manifest.is_done(row):
             before += 1
         else:
             todo.append(item)
