@@ -269,7 +269,7 @@ def _solve_band(image, unknown, fg, start, eps, tol, max_iter, radius=1):
     centres[:radius], centres[-radius:], centres[:, :radius], centres[:, -radius:] = False, False, False, False
     cy, cx = np.nonzero(centres)
     span = 2 * reach + 1
-    values = np.zeros((n, span, span), np.float64)
+    values = np.zeros((n, span, span), np.float32)  # half the memory traffic of the matrix-vector products
     rhs = np.zeros(n, np.float64)
     _band_laplacian(image[box], fg[box].astype(np.float64), index, cy.astype(np.int32), cx.astype(np.int32),
                     radius, eps, values, rhs)
