@@ -31,7 +31,6 @@ manifest and the summary.
 """
 import argparse
 import datetime
-import inspect
 import os
 import sys
 import time
@@ -50,6 +49,7 @@ from utils.inference.onnx_model import load_any_model  # noqa: E402
 from utils.runs import choose_weights  # noqa: E402
 
 NOT_CATEGORIES = (BACKGROUND_DIR, "background_easy", "composites")
+DEFAULT_REFINE = "guided"  # apply.py's: the same alpha from the same command
 SECONDS_PER_PHOTO_BOUND = 60  # how long the others may wait for the slowest process, per photo
 
 
@@ -62,7 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--model", metavar="FILE", help="U2NET/U2NETP weights or an .onnx from export.py "
                    "(default: newest results_stage2/1 best.pth)")
     p.add_argument("--category", default="portrait", help="category folder of the photos (default: portrait)")
-    p.add_argument("--refine", choices=REFINE_METHODS, default="none", help="full-resolution alpha (default: none)")
+    p.add_argument("--refine", choices=REFINE_METHODS, default=DEFAULT_REFINE,
+                   help=f"full-resolution alpha, as apply.py (default: {DEFAULT_REFINE})")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
     p.add_argument("--backgrounds", metavar="DIR", help="hard backgrounds to copy into <output>/background/")
     p.add_argument("--link-backgrounds", action="store_true", help="symbolic links instead of copies")
@@ -104,7 +105,6 @@ def check_args(args):
         raise ValueError(f"--composites needs backgrounds: --backgrounds DIR, or {args.output}/{BACKGROUND_DIR}/")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    args.refine_options = refine_options(args.refine)
     return QualityRule(args.min_foreground, args.max_uncertain)  # checks the two shares
 
 
@@ -118,16 +118,6 @@ def load_network(args, device):
         import torch
         torch.set_num_threads(args.threads)
     return load_any_model(path, device=str(device), threads=args.threads), path
-
-
-def refine_options(method):
-    """matte_files' keyword for ``--refine`` (none: the network's alpha resized)."""
-    if "refine" in inspect.signature(matte_files).parameters:
-        return {"refine": method}
-    if method == "none":
-        return {}
-    raise ValueError(f"--refine {method}: the file pipeline (utils/inference/files.py) does not refine yet; "
-                     "use --refine none")
 
 
 def make_photos(args, dist, rule, model, model_path, manifest):
@@ -150,7 +140,7 @@ def make_photos(args, dist, rule, model, model_path, manifest):
     report = matte_files(model, todo, args.output, outputs=(), on_alpha=writer, size=args.size,
                          resize=args.resize, device=dist.device, precision=args.precision, batch_size=batch_size,
                          workers=args.workers, overwrite=True, progress=not args.quiet and dist.is_main,
-                         **args.refine_options)
+                         refine=args.refine)
     by_name = {item.name: item for item in todo}
     for name, reason in report.failed:  # unreadable, or the hook failed: no row yet
         writer.fail(by_name[name], reason)

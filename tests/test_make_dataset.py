@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -29,7 +30,9 @@ from data_loader.foreground import index_foregrounds
 from data_loader.foreground_cache import ForegroundCache, default_cache_dir
 from data_loader.image_io import read_alpha, read_rgb
 from model import build_model
+from utils.inference.cutout import alpha_to_uint8
 from utils.inference.dataset import DatasetWriter, Manifest, QualityRule, matte_quality
+from utils.inference.predict import predict_alphas
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEEP_ALL = ["--min-foreground", "0", "--max-uncertain", "1"]  # random weights make grey mattes
@@ -126,7 +129,7 @@ def test_layout_manifest_and_bad_files(inputs, dataset):
     assert sorted(f for f, r in by_file.items() if r["status"] == "failed") == ["empty.jpg", "notes.png", "truncated.jpg"]
     assert "empty" in by_file["empty.jpg"]["reason"] and by_file["truncated.jpg"]["reason"]
     ok = [r for r in rows if r["status"] == "ok"]
-    assert len(ok) == 10 and all(r["weights"] == inputs["weights"] and r["refine"] == "none" for r in ok)
+    assert len(ok) == 10 and all(r["weights"] == inputs["weights"] and r["refine"] == "guided" for r in ok)
     assert all(0 <= float(r["foreground"]) <= 1 and 0 <= float(r["uncertain"]) <= 1 for r in ok)
     assert by_file[inputs["turned"]]["name"] == f"portrait/raw_image/{turned}"
     assert not glob.glob(os.path.join(root, "**", "*.tmp"), recursive=True)
@@ -228,7 +231,7 @@ def test_quality_control_leaves_out_doubtful_mattes(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(make_dataset, "load_network", lambda args, device: (Brightness(), "brightness.pth"))
     output = tmp_path / "out"
     status = make_dataset.main(["--input", str(tmp_path / "photos"), "--output", str(output), "--size", "64",
-                                "--quiet", "--min-foreground", "0.01", "--max-uncertain", "0.5"])
+                                "--quiet", "--refine", "none", "--min-foreground", "0.01", "--max-uncertain", "0.5"])
     assert status == 0
     rows = {os.path.basename(r["source"]): r for r in read_manifest(str(output))}
     assert {f: r["status"] for f, r in rows.items()} == {"dark.png": "left_out", "grey.png": "left_out",
@@ -303,3 +306,25 @@ def test_an_onnx_model_makes_the_same_masks(inputs, dataset, tmp_path):
         ours = np.array(Image.open(output / "portrait" / "mask_image" / os.path.basename(mask)), np.int16)
         assert np.abs(ours - np.array(Image.open(mask), np.int16)).max() <= 1  # onnxruntime vs PyTorch
     assert {r["weights"] for r in read_manifest(str(output))} == {onnx}
+
+
+def test_masks_are_apply_pys_alphas_with_matting_refinement(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    photos = []
+    for i in range(2):  # bright figure on a dark ground: a clear matte with a thin unknown band
+        image = rng.integers(0, 40, (40, 48, 3)).astype(np.uint8)
+        image[8 + i:34, 14:34 + i] = 240
+        photos.append(save(tmp_path / "photos" / f"p{i}.png", image))
+    monkeypatch.setattr(make_dataset, "load_network", lambda args, device: (Brightness(), "brightness.pth"))
+    output = tmp_path / "mine"
+    assert make_dataset.main(["--input", str(tmp_path / "photos"), "--output", str(output), "--size", "64",
+                              "--quiet", "--refine", "matting", *KEEP_ALL]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matting itself, no fall-back to guided
+        expected = predict_alphas(Brightness(), [read_rgb(p) for p in photos], size=64, batch_size=1,
+                                  refine="matting")
+    for path, alpha in zip(photos, expected):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        mask = np.array(Image.open(output / "portrait" / "mask_image" / f"{stem}.png"))
+        np.testing.assert_array_equal(mask, alpha_to_uint8(alpha))
+    assert {r["refine"] for r in read_manifest(str(output))} == {"matting"}
