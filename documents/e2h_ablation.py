@@ -557,11 +557,17 @@ def plot_results(curves, examples, path, title=""):
 
 
 # ---- the report ---------------------------------------------------------------------------------
+def ramp_epochs(settings):
+    """Epochs of the ramp (the ratio reaches 1 at this epoch): ``e2h.ramp_epochs`` as set for the
+    runs, else the step schedule's ``10 * update_ratio_epoch``."""
+    return settings.get("e2h.ramp_epochs", 10 * settings["update_ratio_epoch"])
+
+
 def scale_lines(manifest):
     """Human-readable scale of the ablation, for the report's header."""
     s, s1 = manifest["settings"], manifest.get("stage1_settings")
     train_photos, heldout = manifest["photos"]
-    u = s["update_ratio_epoch"]
+    u, ramp = s["update_ratio_epoch"], ramp_epochs(s)
     images = train_photos * s["epoch_num"]
     lines = [f"command: `{manifest['command']}`", f"data: {manifest['data']}"]
     if s1:
@@ -573,8 +579,8 @@ def scale_lines(manifest):
         lines.append(f"every stage-2 run starts from `{manifest['start']}`")
     lines.append(f"stage 2: {s['arch']} at {s['image_size']}/{s['crop_size']} px (short side / crop), batch "
                  f"{s['batch_size']}, amp {s.get('amp', 'auto')}, {s['epoch_num']} epochs over {train_photos} training "
-                 f"photos ({images} crops per run); ratio 0 -> 1 over epochs 0-{10 * u - 1} (`step`: +0.1 every {u} "
-                 f"epochs; `linear`: r = epoch / {10 * u}), ratio 1 for epochs {10 * u}-{s['epoch_num'] - 1} and "
+                 f"photos ({images} crops per run); ratio 0 -> 1 over epochs 0-{ramp - 1} (`step`: +0.1 every {u} "
+                 f"epochs; `linear`: r = epoch / {ramp}), ratio 1 for epochs {ramp}-{s['epoch_num'] - 1} and "
                  f"always for `none`; lr {s['lr']} until epoch {11 * u - 1}, then x0.975 an epoch (the seed's rule)")
     lines.append(f"seeds {', '.join(map(str, manifest['seeds']))} for every arm; held-out: {heldout} val photos, "
                  f"scored at full resolution")
@@ -600,7 +606,7 @@ def report(manifest, out, examples=2):
     """Table, report and figure from a manifest; prints the report."""
     rows, curves, dirs = [], {}, {}
     schedules = [s for s in SCHEDULES if any(r["schedule"] == s for r in manifest["runs"])]
-    ramp = 10 * manifest["settings"]["update_ratio_epoch"]
+    ramp = ramp_epochs(manifest["settings"])
     for entry in sorted(manifest["runs"], key=lambda e: (e["seed"], schedules.index(e["schedule"]))):
         log = read_train_log(os.path.join(entry["run"], "train_log.csv"))
         measure = read_csv_rows(entry["measure"])

@@ -56,22 +56,36 @@ def test_make_figures_rejects_ablation_arguments_without_flag(make_paixin):
         make_figures.main(["--dataset-path", make_paixin(), "--preset", "full"])
 
 
-def write_fake_run(folder, schedule, mads, test_mad, epochs=4):
-    run = folder / f"e2h_{schedule}_20260101_000000"
-    test = run / "test_last_epoch"
-    test.mkdir(parents=True)
+def write_fake_run(folder, schedule, seed, mad, epochs=4):
+    """A finished stage-2 run as the ablation leaves it: train_log.csv, e2h_measure.csv and the
+    summaries of its two held-out tests (ratio 1 and 0); held-out MAD ``mad`` at r = 1, 2x at r = 0."""
+    run = folder / f"e2h_{schedule}_seed{seed}_20260101_000000"
+    run.mkdir(parents=True)
+    ratios = [min(e / 2, 1.0) if schedule != "none" else 1.0 for e in range(epochs)]
     with open(run / "train_log.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
         writer.writeheader()
-        for epoch, mad in zip(range(epochs), mads):
-            ratio = min(epoch / 10, 1.0) if schedule == "step" else 1.0
+        for epoch, ratio in enumerate(ratios):
             writer.writerow({**{k: 0.5 for k in LOG_COLUMNS}, "epoch": epoch, "mix_ratio": ratio,
-                             "val_mad": mad, "val_loss": mad, "train_fused": 2 * mad, "seconds": 30.0})
-    means = {"sad": 100 * test_mad, "mse": test_mad / 2, "mad": test_mad, "grad": 1.0, "conn": 2.0,
-             "sad_unknown": 1.0, "mse_unknown": 0.1, "mad_unknown": 2 * test_mad, "sad_fg": 1.0, "sad_bg": 1.0}
-    with open(test / "summary.json", "w") as f:
-        json.dump({"count": 2, "means": means, "data": "fake"}, f)
-    return run, test
+                             "val_mad": mad * (epochs - epoch), "train_fused": 0.1 * (epochs - epoch), "seconds": 30.0})
+    with open(run / "e2h_measure.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["epoch", "ratio", "mad_at_ratio", "mad_r1"])
+        writer.writeheader()
+        for epoch, ratio in enumerate(ratios):  # the seed's measure: easier while the ratio is low
+            writer.writerow({"epoch": epoch, "ratio": ratio, "mad_at_ratio": mad * (1 + ratio), "mad_r1": 2 * mad})
+    tests = {}
+    for ratio, scale in (("1", 1.0), ("0", 2.0)):
+        test = run / f"test_last_epoch_r{ratio}"
+        test.mkdir()
+        m = mad * scale
+        means = {"sad": 100 * m, "mse": m / 2, "mad": m, "grad": 1.0, "conn": 2.0, "sad_unknown": 1.0,
+                 "mse_unknown": 0.1, "mad_unknown": 2 * m, "sad_fg": 1.0, "sad_bg": 1.0}
+        with open(test / "summary.json", "w") as f:
+            json.dump({"count": 2, "means": means, "data": "fake"}, f)
+        tests[ratio] = str(test)
+    return {"schedule": schedule, "seed": seed, "run": str(run), "tests": tests,
+            "measure": str(run / "e2h_measure.csv"), "train_wall_minutes": 2.0, "load_start": [3.0, 2.0, 1.0],
+            "load_end": [4.5, 3.0, 2.0]}
 
 
 def fake_predictions(root, test_dir, seed=0):
@@ -80,47 +94,72 @@ def fake_predictions(root, test_dir, seed=0):
     ds = ForegroundDataset(root, "val", seed=seed, progress=False)
     for i in range(len(ds)):
         _, alpha, name = ds.load_full(i)
-        path = test_dir / "predictions" / (e2h_ablation.heldout_key(name) + ".png")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = os.path.join(test_dir, "predictions", e2h_ablation.heldout_key(name) + ".png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         Image.fromarray((np.clip(alpha * 0.8 + 0.1, 0, 1) * 255).round().astype(np.uint8)).save(path)
 
 
-def test_ablation_table_and_figure(make_paixin, tmp_path):
+def test_ablation_report(make_paixin, tmp_path):
+    """Fabricated runs of the three arms x two seeds -> the CSV (one row per run), the report
+    (means, stds, paired ratios, verdict, scale) and the figure."""
     root = make_paixin(per_category=4, val=1, backgrounds=3, bg_val=1, size=(40, 32))
-    step_run, step_test = write_fake_run(tmp_path / "step", "step", [0.3, 0.2, 0.1, 0.05], test_mad=0.05)
-    none_run, none_test = write_fake_run(tmp_path / "none", "none", [0.3, 0.25, 0.2, 0.15], test_mad=0.1)
-    for test_dir in (step_test, none_test):
-        fake_predictions(root, test_dir)
-
-    log = e2h_ablation.read_train_log(str(step_run / "train_log.csv"))
-    assert [r["epoch"] for r in log] == [0, 1, 2, 3] and log[2]["mix_ratio"] == pytest.approx(0.2)
-    summary = e2h_ablation.read_summary(str(step_test / "summary.json"))
-    assert summary["count"] == 2 and summary["mad"] == pytest.approx(0.05)
-    row = e2h_ablation.summarize("step", log, summary)
-    assert row["best_epoch"] == 3 and row["last_val_mad"] == pytest.approx(0.05)
-    assert row["train_minutes"] == pytest.approx(2.0) and row["last_mix_ratio"] == pytest.approx(0.3)
-
-    manifest = {"command": "python documents/e2h_ablation.py", "preset": "small", "data": "fake",
-                "init": "random initialisation", "hardware": "test CPU", "photos": [8, 2], "wall_minutes": 1.5,
-                "settings": {"dataset_path": root, "seed": 0, "arch": "u2netp", "image_size": 64, "crop_size": 48,
-                             "batch_size": 4, "epoch_num": 4, "lr": 0.001, "lr_schedule": "seed",
-                             "update_ratio_epoch": 1},
-                "runs": {"step": {"run": str(step_run), "test": str(step_test)},
-                         "none": {"run": str(none_run), "test": str(none_test)}}}
+    mads = {("step", 0): 0.04, ("step", 1): 0.06, ("linear", 0): 0.12, ("linear", 1): 0.09,
+            ("none", 0): 0.08, ("none", 1): 0.10}
+    runs = [write_fake_run(tmp_path / "runs", schedule, seed, mad) for (schedule, seed), mad in mads.items()]
+    for entry in runs:
+        if entry["seed"] == 0:
+            fake_predictions(root, entry["tests"]["1"])
+    manifest = {"command": "python documents/e2h_ablation.py", "preset": "small", "data": "fake portraits",
+                "start": "x.pth", "hardware": "test CPU", "photos": [8, 2], "stage1_photos": [10, 2],
+                "wall_minutes": 61.0, "seeds": [0, 1], "parallel": 3, "runs": runs,
+                "settings": {"dataset_path": root, "arch": "u2netp", "image_size": 64, "crop_size": 48,
+                             "batch_size": 4, "epoch_num": 4, "lr": 0.001, "lr_schedule": "seed", "update_ratio_epoch": 1,
+                             "e2h.ramp_epochs": 2},
+                "stage1_settings": {"arch": "u2netp", "image_size": 64, "crop_size": 48, "batch_size": 4,
+                                    "epoch_num": 2, "lr": 0.001, "lr_schedule": "constant"}}
     out = tmp_path / "out"
-    rows, ratio = e2h_ablation.report(manifest, str(out), examples=2)
-    assert ratio["mad"] == pytest.approx(0.5) and ratio["sad"] == pytest.approx(0.5)
-    assert [r["schedule"] for r in rows] == ["step", "none"]
+    rows, stats = e2h_ablation.report(manifest, str(out), examples=2)
+    assert [(r["schedule"], r["seed"]) for r in rows] == [("step", 0), ("linear", 0), ("none", 0),
+                                                          ("step", 1), ("linear", 1), ("none", 1)]
+    assert stats["step"]["mad"][0] == pytest.approx(0.05) and stats["step"]["mad"][1] == pytest.approx(np.std([0.04, 0.06], ddof=1))
+    assert stats["none"]["mad_r0"][0] == pytest.approx(0.18)
+    step0 = rows[0]
+    assert step0["seed_measure_ramp"] == pytest.approx(0.04 * 1.25) and step0["r1_measure_ramp"] == pytest.approx(0.08)
+    assert step0["train_minutes"] == pytest.approx(2.0) and step0["last_mix_ratio"] == 1.0
 
     with open(out / "e2h_results.csv", newline="") as f:
         table = list(csv.DictReader(f))
-    assert [r["schedule"] for r in table] == ["step", "none"]
-    assert float(table[1]["mad"]) == pytest.approx(0.1) and int(table[0]["test_images"]) == 2
+    assert [(r["schedule"], r["seed"]) for r in table][:2] == [("step", "0"), ("linear", "0")]
+    assert float(table[2]["mad"]) == pytest.approx(0.08) and float(table[2]["mad_r0"]) == pytest.approx(0.16)
     md = (out / "e2h_results.md").read_text()
-    assert "| e2h / no e2h | | 0.50 | 0.50 | 0.50 |" in md and "8 training photos, 2 held-out" in md
-    assert "with e2h is 0.50 x that without" in md and "took 1.5 min" in md
+    assert "| e2h step (seed's) | 2 | 0.05000 ± 0.01414 |" in md
+    assert "| 0 | 0.50 | 0.50 | 0.31 | 1.50 | 1.50 | 0.94 |" in md  # step/none, linear/none at seed 0
+    assert "lower with e2h step (seed's) in all 2 seeds; paired ratio 0.50, 0.60" in md
+    assert "lower with e2h linear in 1 of 2 seeds, higher in the rest" in md
+    assert "8 training photos" in md and "load average 3.0-4.5" in md and "took 61 min" in md
     (h, w, _), std, size = png_stats(out / "e2h_results.png")
     assert w > 500 and h > 400 and std > 10 and size < MAX_PNG_BYTES
+
+
+def test_measure_run_scores_each_epoch_at_its_ratio(make_paixin, tmp_path, one_thread):
+    """The per-epoch measure: the same weights score differently on easier composites, and ratio-1
+    epochs repeat the ratio-1 number."""
+    import torch
+    from model import build_model
+    root = make_paixin(per_category=4, val=1, backgrounds=3, bg_val=1, size=(40, 32))
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    torch.manual_seed(0)
+    weights = build_model("u2netp").state_dict()
+    for epoch in range(3):
+        torch.save(weights, run / "model" / f"u2netp_epoch{epoch}.pth")
+    settings = {"dataset_path": root, "model_name": "u2netp", "epoch_num": 3, "image_size": 32,
+                "update_ratio_epoch": 1, "e2h": {"schedule": "linear", "ramp_epochs": 2}}
+    (run / "settings.json").write_text(json.dumps(settings))
+    rows = e2h_ablation.read_csv_rows(e2h_ablation.measure_run(str(run)))
+    assert [(r["epoch"], r["ratio"]) for r in rows] == [(0, 0.0), (1, 0.5), (2, 1.0)]
+    assert rows[0]["mad_r1"] == pytest.approx(rows[1]["mad_r1"]) == pytest.approx(rows[2]["mad_r1"])
+    assert rows[2]["mad_at_ratio"] == rows[2]["mad_r1"] and rows[0]["mad_at_ratio"] != rows[0]["mad_r1"]
 
 
 def test_heldout_key_matches_test_stage2(make_paixin):
@@ -135,6 +174,13 @@ def test_heldout_key_matches_test_stage2(make_paixin):
 def test_ablation_settings_pass_through():
     assert e2h_ablation.parse_sets(["a.b=3", "c=x", "d=null", "e=[1, 2]"]) == {"a.b": 3, "c": "x", "d": None, "e": [1, 2]}
     assert e2h_ablation.as_sets({"a.b": 3, "c": "x", "d": None}) == ["--set", "a.b=3", "--set", "c=x", "--set", "d=null"]
-    args = e2h_ablation.parse_args(["--set", "e2h.schedule=linear"])
-    with pytest.raises(SystemExit, match="e2h.schedule"):
-        e2h_ablation.run_ablation(args)  # the ablation sets the schedule itself; refused before any work
+    for item in ("e2h.schedule=linear", "seed=3"):
+        args = e2h_ablation.parse_args(["--set", item, "--work", "/nonexistent/never"])
+        with pytest.raises(SystemExit, match=item.split("=")[0]):
+            e2h_ablation.run_ablation(args)  # set by the ablation itself; refused before any work
+    args = e2h_ablation.parse_args([])
+    assert args.seeds == [0, 1, 2] and args.schedules == ["step", "linear", "none"] and args.parallel == 3
+    small = e2h_ablation.PRESETS["small"]["stage2"]
+    assert small["epoch_num"] == 15 * small["update_ratio_epoch"] == 1.5 * small["e2h.ramp_epochs"]
+    full = e2h_ablation.PRESETS["full"]["stage2"]
+    assert (full["epoch_num"], full["update_ratio_epoch"], full["e2h.ramp_epochs"]) == (150, 10, 100)
