@@ -11,7 +11,8 @@ photos. The alphas are compared: ONNX against PyTorch, and rembg against our ONN
 min-max normalises the network's output and resizes it with LANCZOS; ours is the output
 itself, resized bilinear; rembg always runs at 320). Use trained weights (``--model``) for a
 meaningful rembg difference: random weights give a nearly flat output, which min-max
-normalisation stretches to 0..255.
+normalisation stretches to 0..255; ``--hand-set`` uses U2NETP weights set by hand whose alpha is
+a soft threshold of brightness, full range and soft-edged, to compare the pipelines.
 
 Each configuration runs as its own child process (``python apply.py ...``, or this file with
 ``--run-original``), ``--repeats`` times, interleaved; the table gives medians of the wall
@@ -155,6 +156,34 @@ def make_photos(folder, count=19, seed=0):
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=92)
 
 
+def save_hand_set_weights(path, threshold=0.5, gain=20.0):
+    """U2NETP weights set by hand, all zero but a path that makes the fused alpha
+    ``sigmoid(gain * (box3x3(luma) - threshold))``: a full-range, soft-edged output, so that
+    pipelines can be compared (rembg's min-max and LANCZOS against ours) without trained weights.
+    stage1's input conv gives ReLU(luma - t) and ReLU(t - luma) (the zero U-block adds nothing),
+    stage1d's input conv passes them on, side1 takes their 3x3 mean difference, outconv keeps it."""
+    import torch
+    sys.path.insert(0, REPO)
+    from model import build_model
+    from utils.constants import IMAGENET_MEAN, IMAGENET_STD
+    net = build_model("u2netp")
+    state = {k: torch.zeros_like(v) if k.endswith(("weight", "bias", "running_mean")) and "bn_s1" not in k
+             else v for k, v in net.state_dict().items()}
+    state.update({k: torch.ones_like(v) for k, v in state.items() if k.endswith("bn_s1.weight")})
+    state.update({k: torch.zeros_like(v) for k, v in state.items() if k.endswith("bn_s1.bias")})
+    luma = torch.tensor([0.299, 0.587, 0.114])
+    weight, bias = luma * torch.from_numpy(IMAGENET_STD), float((luma * torch.from_numpy(IMAGENET_MEAN)).sum())
+    conv = state["stage1.rebnconvin.conv_s1.weight"]
+    conv[0, :, 1, 1], conv[1, :, 1, 1] = weight, -weight
+    state["stage1.rebnconvin.conv_s1.bias"][:2] = torch.tensor([bias - threshold, threshold - bias])
+    passing = state["stage1d.rebnconvin.conv_s1.weight"]  # input channels 64.. are stage1's
+    passing[0, 64, 1, 1] = passing[1, 65, 1, 1] = 1.0
+    state["side1.weight"][0, 0], state["side1.weight"][0, 1] = gain / 9, -gain / 9
+    state["outconv.weight"][0, 0] = 1.0
+    net.load_state_dict(state)
+    torch.save(net.state_dict(), path)
+
+
 def save_random_weights(path, arch="u2net", seed=0):
     import torch
     sys.path.insert(0, REPO)
@@ -237,6 +266,36 @@ def alpha_diff(dir_a, dir_b):
     return float(np.mean(means)), peak
 
 
+def rembg_steps(input_dir, onnx_path, rembg_dir, count=6):
+    """Where rembg's alpha departs from ours, one step of its pipeline at a time, in process, on
+    the first ``count`` photos: mean |x - ours| (1/255) after taking rembg's input (LANCZOS to
+    320, divided by the photo's maximum instead of 255), then its min-max normalisation, then its
+    uint8 truncation and LANCZOS enlarging (= rembg); and the largest |rembg - that emulation|."""
+    from PIL import Image
+    sys.path.insert(0, REPO)
+    from utils.constants import IMAGENET_MEAN, IMAGENET_STD
+    from utils.inference.onnx_model import OnnxModel
+    from utils.inference.preprocess import alpha_to_size, preprocess
+    net, rows = OnnxModel(onnx_path), []
+    for path in sorted(glob.glob(os.path.join(input_dir, "*")))[:count]:
+        image = Image.open(path).convert("RGB")
+        photo = np.asarray(image)
+        height, width = photo.shape[:2]
+        ours = np.round(alpha_to_size(net(preprocess(photo)[None])[0], height, width) * 255)
+        small = np.asarray(image.resize((320, 320), Image.Resampling.LANCZOS), np.float64)
+        small = (small / max(small.max(), 1e-6) - IMAGENET_MEAN) / IMAGENET_STD
+        out = net(small.transpose(2, 0, 1)[None].astype(np.float32))[0]
+        stretched = (out - out.min()) / (out.max() - out.min())
+        mask = Image.fromarray((stretched * 255).astype(np.uint8), mode="L")
+        emulated = np.asarray(mask.resize((width, height), Image.Resampling.LANCZOS), np.float64)
+        rembg = np.asarray(Image.open(os.path.join(rembg_dir, os.path.splitext(os.path.basename(path))[0] + ".png")))
+        steps = [np.round(alpha_to_size(out, height, width) * 255), np.round(alpha_to_size(stretched, height, width) * 255),
+                 emulated]
+        rows.append((os.path.basename(path), int(photo.max()), float(out.min()), float(out.max()),
+                     *[float(np.abs(x - ours).mean()) for x in steps], float(np.abs(rembg - emulated).max())))
+    return rows
+
+
 def export_onnx(model_path, output, size):
     """export.py in a child process (not timed); returns its parity line."""
     done = subprocess.run([sys.executable, os.path.join(REPO, "export.py"), "--model", model_path, "--output", output,
@@ -299,6 +358,8 @@ def main():
     parser.add_argument("--input", help="folder of photos (default: --count synthetic 1080x1440 JPEGs)")
     parser.add_argument("--count", type=int, default=19, help="synthetic photos to make (default: 19)")
     parser.add_argument("--model", help="weights (default: random-init U2NET saved to a temp file)")
+    parser.add_argument("--hand-set", action="store_true",
+                        help="U2NETP weights set by hand (alpha = a soft threshold of brightness) instead of random")
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--configs", default="fp32,bf16", help="precisions to run apply.py with")
@@ -327,9 +388,9 @@ def main():
     input_dir = args.input or os.path.join(tmp, "photos")
     if not args.input:
         make_photos(input_dir, args.count)
-    model_path = args.model or os.path.join(tmp, "u2net_random.pth")
+    model_path = args.model or os.path.join(tmp, "u2netp_hand_set.pth" if args.hand_set else "u2net_random.pth")
     if not args.model:
-        save_random_weights(model_path)
+        (save_hand_set_weights if args.hand_set else save_random_weights)(model_path)
     n_images = len([p for p in os.listdir(input_dir) if not p.startswith(".")])
 
     precisions = [p for p in args.configs.split(",") if p]
@@ -395,6 +456,12 @@ def main():
         elif fp32 and "fp32" not in label and not label.startswith(("original", "rembg")):
             mean, peak = alpha_diff(out, fp32[0])
             print(f"|alpha({label}) - alpha(fp32)|: mean {mean:.3f} / 255, largest {peak:.0f} / 255")
+    rembg_runs = [out for label, _, out in runs if label.startswith("rembg")]
+    if rembg_runs:
+        print("rembg against ours, step by step (mean |x - ours| / 255): photo max, network output range, "
+              "rembg's input, + min-max, + uint8 and LANCZOS (= rembg); largest |rembg - emulation|")
+        for name, top, low, high, *steps, check in rembg_steps(input_dir, onnx_path, rembg_runs[0]):
+            print(f"  {name:<16}{top:>5}  {low:.3f}..{high:.3f}" + "".join(f"{d:>8.2f}" for d in steps) + f"{check:>6.0f}")
     if emulated_bf16 and args.bf16_check:
         diff = bf16_accuracy(input_dir, model_path, args.size, args.bf16_check)
         print(f"mean |alpha(bf16, emulated) - alpha(fp32)| on {args.bf16_check} photos = {diff:.3f} / 255")
