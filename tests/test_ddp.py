@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="torch.distributed with gloo is needed")
-def test_torchrun_two_processes_gloo(make_paixin, tmp_path):
+def test_torchrun_two_processes_gloo(make_paixin, tmp_path, one_thread):
     settings = ["device=cpu", "arch=u2netp", "model_name=u2netp", "image_size=64", "crop_size=48",
                 "batch_size=2", "image_num=4", "val_image_num=3", "dataloader.num_worker=0", "amp=off",
                 "epoch_num=1", "update_ratio_epoch=1", f"dataset_path={make_paixin()}", f"results_dir={tmp_path / 'results'}"]
@@ -33,3 +33,17 @@ def test_torchrun_two_processes_gloo(make_paixin, tmp_path):
     assert not any(k.startswith(("module.", "net.")) for k in ckpt["model"])
     assert os.path.isfile(os.path.join(run, "model", "best.pth"))
     assert done.stdout.count("epoch 0: loss") == 1  # one summary line: rank 0 prints
+    # each rank estimated its part of the foreground cache, with a progress bar of its own
+    assert "rank 0: estimating foregrounds" in done.stderr and "rank 1: estimating foregrounds" in done.stderr
+
+    # the logged validation is that of the saved (rank 0) weights, scored by one process
+    from model import load_model
+    from train_stage2 import build_datasets
+    from utils.distributed import DistInfo
+    from utils.settings import build_settings
+    from utils.training.engine import VAL_METRICS, evaluate
+    _, val_set, _ = build_datasets(build_settings("train_stage2", overrides=settings))
+    alone, _ = evaluate(load_model(os.path.join(run, "model", "u2netp_epoch0.pth")), val_set, 64, DistInfo(),
+                        batch_size=2, max_images=3)
+    for key in VAL_METRICS:
+        assert float(row[f"val_{key}"]) == pytest.approx(alone[key], rel=1e-7, abs=1e-12), key
