@@ -170,6 +170,7 @@ def guided_refine(image, coarse, *, work_size, radius, eps, rows=512):
     [0,1]. ``rows``: full-resolution rows computed at a time (bounds the memory)."""
     if work_size < 8 or radius < 1 or eps <= 0:
         raise ValueError(f"guided: need work_size >= 8, radius >= 1, eps > 0; got {work_size}, {radius}, {eps}")
+    radius = int(radius)
     height, width = image.shape[:2]
     scale = min(1.0, work_size / max(height, width))
     h, w = max(1, round(height * scale)), max(1, round(width * scale))
@@ -227,6 +228,10 @@ def matting_refine(image, coarse, guided, *, band, low, high, eps, max_band, tol
     fractional there, ``margin`` working pixels around them, the working alpha resized as the
     start and its sure pixels as the fixed ones.
     """
+    if not (0 <= low < high <= 1 and band >= 0 and eps > 0 and max_iter >= 1 and work_size >= 8 and margin >= 0):
+        raise ValueError(f"matting: need 0 <= low < high <= 1, band >= 0, eps > 0, max_iter >= 1, work_size >= 8, "
+                         f"margin >= 0; got low={low}, high={high}, band={band}, eps={eps}, max_iter={max_iter}, "
+                         f"work_size={work_size}, margin={margin}")
     height, width = image.shape[:2]
     if min(height, width) < 3:  # no 3x3 window fits: nothing to solve
         return guided_refine(image, coarse, **guided)
