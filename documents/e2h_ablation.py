@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python documents/e2h_ablation.py                 # CPU scale (the published numbers), ~1 h on 2 cores
+    python documents/e2h_ablation.py                 # CPU scale (the published numbers), ~1 h on 2 shared cores
     python documents/e2h_ablation.py --preset full \\
         --stage1-set dataset_path=/data/AISegment --set dataset_path=/data/paixin_comp_mod   # GPU, the seed's scale
     python documents/e2h_ablation.py --report-only   # table and figure again from the last runs
@@ -69,7 +69,7 @@ PRESETS = {
                    "epoch_num": 8, "image_num": 120, "val_image_num": 16, "lr": 0.001, "lr_schedule": "constant",
                    "amp": "auto", "seed": 0, "save_every": 8, "dataloader.num_worker": 0},
         "stage2": {"arch": "u2netp", "model_name": "u2netp", "image_size": 112, "crop_size": 96, "batch_size": 8,
-                   "epoch_num": 30, "update_ratio_epoch": 2, "e2h.ramp_epochs": 20, "image_num": 64,
+                   "epoch_num": 15, "update_ratio_epoch": 1, "e2h.ramp_epochs": 10, "image_num": 64,
                    "val_image_num": 16, "lr": 0.001, "lr_schedule": "seed", "amp": "auto", "save_every": 1,
                    "dataloader.num_worker": 0},
         "seeds": [0, 1, 2], "parallel": 3, "threads": 1, "stage1_threads": 1,
