@@ -19,8 +19,9 @@ The protocol (issue 16), run with the project's own scripts as subprocesses:
    thirds and the last third is at ratio 1, as in the seed (1 at epoch 100 of 150); the lr
    schedule is the seed's (constant for ``11 * update_ratio_epoch`` epochs, then x0.975 an
    epoch) for every arm. Each arm runs with the same seeds (``--seeds``; the seed sets the data
-   order, crops, backgrounds and colours drawn); the arms of one seed run side by side
-   (``--parallel``, ``--threads`` each).
+   order, crops, backgrounds and colours drawn); runs go side by side, one thread each
+   (``--parallel``: all 9 in the small preset, so a CPU shared with other jobs gives them a fair
+   share; ``--parallel 3`` runs the arms of one seed at a time; ``--threads``).
 4. Held-out scores of each run's last-epoch weights (no selection on the held-out split, which
    is also the validation split) with ``test_stage2.py`` on the val split composited with
    ``heldout_ratio=1`` (real photo backgrounds: the seed's claim) and ``heldout_ratio=0`` (easy
@@ -69,10 +70,10 @@ PRESETS = {
                    "epoch_num": 8, "image_num": 120, "val_image_num": 16, "lr": 0.001, "lr_schedule": "constant",
                    "amp": "auto", "seed": 0, "save_every": 8, "dataloader.num_worker": 0},
         "stage2": {"arch": "u2netp", "model_name": "u2netp", "image_size": 112, "crop_size": 96, "batch_size": 8,
-                   "epoch_num": 15, "update_ratio_epoch": 1, "e2h.ramp_epochs": 10, "image_num": 64,
+                   "epoch_num": 15, "update_ratio_epoch": 1, "e2h.ramp_epochs": 10, "image_num": 48,
                    "val_image_num": 16, "lr": 0.001, "lr_schedule": "seed", "amp": "auto", "save_every": 1,
                    "dataloader.num_worker": 0},
-        "seeds": [0, 1, 2], "parallel": 3, "threads": 1, "stage1_threads": 1,
+        "seeds": [0, 1, 2], "parallel": 9, "threads": 1, "stage1_threads": 1,
     },
     # GPU, the seed's scale: U2NET at 320/288, stage 2 150 epochs, +0.1 every 10, ratio 1 from 100
     "full": {

@@ -179,7 +179,7 @@ def test_ablation_settings_pass_through():
         with pytest.raises(SystemExit, match=item.split("=")[0]):
             e2h_ablation.run_ablation(args)  # set by the ablation itself; refused before any work
     args = e2h_ablation.parse_args([])
-    assert args.seeds == [0, 1, 2] and args.schedules == ["step", "linear", "none"] and args.parallel == 3
+    assert args.seeds == [0, 1, 2] and args.schedules == ["step", "linear", "none"] and args.parallel == 9
     small = e2h_ablation.PRESETS["small"]["stage2"]
     assert small["epoch_num"] == 15 * small["update_ratio_epoch"] == 1.5 * small["e2h.ramp_epochs"]
     full = e2h_ablation.PRESETS["full"]["stage2"]
