@@ -117,7 +117,8 @@ def test_atomic_save_leaves_the_old_file_on_failure(tmp_path):
 # writes its weights and is worse, so best.pth must stay epoch 0's through every resume.
 EVERY_WRITE = ["device=cpu", "arch=u2netp", "model_name=u2netp", "image_size=64", "crop_size=48", "batch_size=2",
                "image_num=4", "val_image_num=2", "dataloader.num_worker=0", "amp=off", "seed=3", "epoch_num=2",
-               "save_every=2", "lr=0.003", "lr_schedule=constant", "loss=l1", "update_ratio_epoch=1"]
+               "save_every=2", "lr=0.003", "lr_schedule=constant", "loss=l1", "update_ratio_epoch=1",
+               "e2h.schedule=step", "grad_clip=0.0", "channels_last=true"]
 
 
 class Stop(BaseException):
