@@ -3,6 +3,11 @@
     python benchmarks/apply.py                      # 19 synthetic 1080x1440 JPEGs, random U2NET
     python benchmarks/apply.py --input DIR --repeats 3 --configs fp32,bf16 --batch-sizes 1,4
     python benchmarks/apply.py --model best.pth --count 6 --repeats 1 --threads 2   # trained weights
+    python benchmarks/apply.py --device cuda --configs fp32,fp16,bf16 --batch-sizes 1,8  # a GPU
+
+``--device cuda`` runs apply.py and the original script (which moves its network and inputs
+to the GPU when there is one, as ``u2net_test.py`` does) on the GPU; bf16 only where the GPU
+has it natively (compute capability 8.0+); the ONNX model with onnxruntime-gpu only.
 
 Besides the PyTorch path, the weights are exported once (export.py, not timed) and run by
 ``apply.py --model x.onnx`` (onnxruntime, no torch imported) and, when rembg is installed, by
@@ -49,8 +54,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---------------------------------------------------------------- the original test script
-def run_original(input_dir, model_path, output_dir, size=320):
-    """``u2net_test.py`` of the original repository, with its data pipeline, for one folder."""
+def run_original(input_dir, model_path, output_dir, size=320, device="cpu"):
+    """``u2net_test.py`` of the original repository, with its data pipeline, for one folder;
+    ``device`` cuda: network and inputs on the GPU (the original's ``net.cuda()``)."""
     import torch
     from skimage import io, transform
     from torch.utils.data import DataLoader, Dataset
@@ -98,9 +104,14 @@ def run_original(input_dir, model_path, output_dir, size=320):
     loader = DataLoader(SalObjDataset(img_name_list), batch_size=1, shuffle=False, num_workers=1)
     net = U2NET(3, 1)
     net.load_state_dict(torch.load(model_path, map_location="cpu"))
+    cuda = device.startswith("cuda")
+    if cuda:
+        net.cuda(device)
     net.eval()
     for i_test, data_test in enumerate(loader):
         inputs_test = data_test["image"].type(torch.FloatTensor)  # Variable(...) is a no-op today
+        if cuda:
+            inputs_test = inputs_test.cuda(device)
         d1, d2, d3, d4, d5, d6, d7 = net(inputs_test)
         pred = norm_pred(d1[:, 0, :, :])
         save_output(img_name_list[i_test], pred, output_dir)
@@ -247,6 +258,20 @@ def measure_process(cmd, env=None, pss_interval=0.0):
     return wall, usage.ru_maxrss / 1024, pss, usage.ru_utime + usage.ru_stime
 
 
+def gpu_has_bf16(device):
+    import torch
+    with torch.cuda.device(torch.device(device)):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def onnxruntime_has_cuda():
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
 def cpu_has_bf16():
     import torch
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -361,6 +386,8 @@ def main():
     parser.add_argument("--hand-set", action="store_true",
                         help="U2NETP weights set by hand (alpha = a soft threshold of brightness) instead of random")
     parser.add_argument("--size", type=int, default=320)
+    parser.add_argument("--device", default="cpu", help="cpu (default) | cuda | cuda:N: where apply.py and the "
+                                                          "original run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--configs", default="fp32,bf16", help="precisions to run apply.py with")
     parser.add_argument("--batch-sizes", default="1", help="comma-separated, e.g. 1,4")
@@ -380,7 +407,7 @@ def main():
     parser.add_argument("--run-rembg", nargs=3, metavar=("INPUT", "MODEL", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_original:
-        return run_original(*args.run_original, size=args.size)
+        return run_original(*args.run_original, size=args.size, device=args.device)
     if args.run_rembg:
         return run_rembg(*args.run_rembg, threads=args.threads)
 
@@ -394,16 +421,25 @@ def main():
     n_images = len([p for p in os.listdir(input_dir) if not p.startswith(".")])
 
     precisions = [p for p in args.configs.split(",") if p]
-    emulated_bf16 = "bf16" in precisions and not cpu_has_bf16()
+    cuda = args.device.startswith("cuda")
+    emulated_bf16 = "bf16" in precisions and not (gpu_has_bf16(args.device) if cuda else cpu_has_bf16())
     if emulated_bf16:
         precisions.remove("bf16")
-        print("note: this CPU has no native bf16 (avx512_bf16 / amx): apply.py refuses bf16 here, "
+        why = "compute capability < 8.0" if cuda else "avx512_bf16 / amx"
+        print(f"note: this {'GPU' if cuda else 'CPU'} has no native bf16 ({why}): apply.py refuses bf16 here, "
               "so bf16 is timed only where native; its accuracy is checked in process")
+    if "fp16" in precisions and not cuda:
+        precisions.remove("fp16")
+        print("note: fp16 is for CUDA devices (--device cuda); skipped")
+    if cuda and not args.no_onnx and not onnxruntime_has_cuda():
+        args.no_onnx = True
+        print("note: onnxruntime has no CUDA provider (onnxruntime-gpu): the ONNX model and rembg are skipped")
     runs = []  # (label, command, folder of its alpha PNGs)
     if not args.no_original:
         out = os.path.join(tmp, "out_original")
         runs.append(("original u2net_test.py", [sys.executable, os.path.abspath(__file__), "--size", str(args.size),
-                                                 "--run-original", input_dir, model_path, out], out))
+                                                 "--device", args.device, "--run-original", input_dir, model_path, out],
+                     out))
     onnx_path = None if args.no_onnx else os.path.join(tmp, "model.onnx")
     if onnx_path:
         print(export_onnx(model_path, onnx_path, args.size))
@@ -412,7 +448,7 @@ def main():
             out = os.path.join(tmp, f"out_{precision}_bs{bs}")
             model = onnx_path if precision == "onnx" else model_path
             cmd = [sys.executable, os.path.join(REPO, "apply.py"), "--input", input_dir, "--output", out,
-                   "--model", model, "--outputs", "alpha", "--size", str(args.size), "--device", "cpu",
+                   "--model", model, "--outputs", "alpha", "--size", str(args.size), "--device", args.device,
                    "--precision", "fp32" if precision == "onnx" else precision, "--batch-size", str(bs),
                    "--overwrite", "--quiet", "--refine", args.refine]
             if args.workers is not None:

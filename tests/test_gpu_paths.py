@@ -103,7 +103,7 @@ def test_cuda_backends_autotune_and_keep_tf32_convolutions(monkeypatch):
     before = torch.backends.cudnn.conv.fp32_precision
     try:
         torch.backends.cudnn.conv.fp32_precision = "ieee"
-        engine._cuda_backends()
+        engine.cuda_backends()
         assert torch.backends.cudnn.benchmark is True
         assert torch.backends.cudnn.conv.fp32_precision == "tf32"
     finally:

@@ -80,12 +80,12 @@ def augment_from_settings(augment):
 def setup_training(net, settings, dist):
     """Device, memory format, wrappers, Adam, lr schedule and GradScaler for ``net``.
 
-    On CUDA also the cuDNN settings (``_cuda_backends``): autotuned convolutions for the fixed
+    On CUDA also the cuDNN settings (``cuda_backends``): autotuned convolutions for the fixed
     crop size, TF32 convolutions in fp32.
     """
     device = dist.device
     if device.type == "cuda":
-        _cuda_backends()
+        cuda_backends()
     net.to(device)
     if settings.channels_last:
         net.to(memory_format=torch.channels_last)
@@ -102,7 +102,7 @@ def setup_training(net, settings, dist):
                          settings.channels_last, settings.grad_clip)
 
 
-def _cuda_backends():
+def cuda_backends():
     """cuDNN for training on a fixed crop size.
 
     ``benchmark``: every training batch has the same shape (``crop_size``; validation predicts at
