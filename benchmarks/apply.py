@@ -260,8 +260,9 @@ def measure_process(cmd, env=None, pss_interval=0.0):
 
 def gpu_has_bf16(device):
     import torch
-    with torch.cuda.device(torch.device(device)):
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+    sys.path.insert(0, REPO)
+    from utils.device import cuda_bf16_native
+    return cuda_bf16_native(torch.device(device))
 
 
 def onnxruntime_has_cuda():

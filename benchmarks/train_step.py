@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import build_model  # noqa: E402
+from utils.device import cpu_bf16_native, cuda_bf16_native  # noqa: E402
 from utils.training.engine import LogitsModel, cuda_backends  # noqa: E402
 from utils.training.losses import matting_loss  # noqa: E402
 
@@ -83,10 +84,7 @@ class Stepper:
 
 def native_bf16(device):
     """True where bf16 autocast runs natively on ``device`` (else it is emulated, slowly)."""
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            return torch.cuda.is_bf16_supported(including_emulation=False)
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return cuda_bf16_native(device) if device.type == "cuda" else cpu_bf16_native()
 
 
 def choose_modes(asked, device):

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from model import unwrap
 from model.blocks import REBNCONV
 from utils.constants import PRECISIONS, REFINE_METHODS
+from utils.device import cuda_bf16_native
 
 from .onnx_model import OnnxModel
 from .preprocess import alpha_to_size, network_input_size, preprocess  # noqa: F401  (re-exported)
@@ -115,17 +116,10 @@ def check_precision(device, precision):
         if precision == "bf16" and not cpu_supports_bf16():
             return ("this CPU has no native bf16 (avx512_bf16 or amx): bf16 would be emulated, "
                     "some 15x slower than fp32")
-    elif device.type == "cuda" and precision == "bf16" and not cuda_supports_bf16(device):
+    elif device.type == "cuda" and precision == "bf16" and not cuda_bf16_native(device):
         raise ValueError(f"{device} has no native bf16 (it needs compute capability 8.0, Ampere, or newer; "
                          f"older GPUs only emulate it, slowly): use --precision fp16 or fp32")
     return None
-
-
-def cuda_supports_bf16(device):
-    """True where the CUDA GPU ``device`` computes bf16 natively (compute capability 8.0+, or
-    ROCm); False where bf16 is only emulated (e.g. a Turing T4), which is slower than fp16."""
-    with torch.cuda.device(device):
-        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 @torch.inference_mode()
