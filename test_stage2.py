@@ -7,6 +7,7 @@ Three ways, each at the ground truth's full resolution, deterministic:
     #    weights from model_path/pth_name, else results_stage2/<newest>/model/best.pth
     python test_stage2.py
     python test_stage2.py --set model_path=results_stage2/u2net_stage2_20260101_120000 --set pth_name=best.pth
+    python test_stage2.py --set model_path=. --set pth_name=u2net_mine.onnx   # export.py's file, onnxruntime
 
     # 2. a benchmark folder (P3M-500, PPM-100, AIM-500, ...): photos and alphas paired by file stem
     python test_stage2.py --images P3M-500-P/blurred_image --alphas P3M-500-P/mask --trimaps P3M-500-P/trimap
