@@ -148,6 +148,7 @@ def make_photos(args, dist, rule, model, model_path, manifest):
 
 
 def make(args, dist, rule, start):
+    """Photos, backgrounds, the manifest, composites, the summary; returns the exit status."""
     model, model_path = load_network(args, dist.device)
     manifest = Manifest(args.output, dist.rank)
     if dist.is_main:

@@ -31,7 +31,7 @@ from data_loader.foreground_cache import ForegroundCache, default_cache_dir
 from data_loader.image_io import read_alpha, read_rgb
 from model import build_model
 from utils.inference.cutout import alpha_to_uint8
-from utils.inference.dataset import DatasetWriter, Manifest, QualityRule, matte_quality
+from utils.inference.dataset import DatasetWriter, Manifest, QualityRule, copy_backgrounds, matte_quality
 from utils.inference.predict import predict_alphas
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -254,6 +254,19 @@ def test_matte_quality_and_rule():
     assert rule.reason(0.05, 0.0).startswith("no person") and rule.reason(0.5, 0.4).startswith("mostly uncertain")
     with pytest.raises(ValueError, match="max_uncertain"):
         QualityRule(max_uncertain=2)
+
+
+def test_backgrounds_copied_or_linked_and_bad_ones_named(tmp_path):
+    for name in ("a.png", "sub/b.jpg"):
+        save(tmp_path / "bg" / name, np.full((8, 8, 3), 90, np.uint8))
+    (tmp_path / "bg" / "broken.png").write_bytes(b"\x89PNG not really")
+    copied = copy_backgrounds(str(tmp_path / "bg"), str(tmp_path / "copy"))
+    assert sorted(copied.done) == ["a.png", "sub/b.jpg"] and [f for f, _ in copied.failed] == [
+        f"background {tmp_path / 'bg' / 'broken.png'}"]
+    assert filecmp.cmp(tmp_path / "bg" / "sub" / "b.jpg", tmp_path / "copy" / "background" / "sub" / "b.jpg", shallow=False)
+    assert copy_backgrounds(str(tmp_path / "bg"), str(tmp_path / "copy")).skipped  # kept when run again
+    linked = copy_backgrounds(str(tmp_path / "bg"), str(tmp_path / "link"), link=True)
+    assert len(linked.done) == 2 and os.path.islink(tmp_path / "link" / "background" / "a.png")
 
 
 def test_manifest_drops_a_line_cut_by_a_kill(tmp_path):
