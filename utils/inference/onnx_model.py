@@ -12,7 +12,6 @@ or ``onnxruntime-gpu`` for CUDA), and saves PyTorch's ~400 MB and ~2 s of start-
     model = load_any_model("u2net_mine.onnx", device="auto", threads=2)
     alpha = model(batch)       # float32 (B,3,h,w) ImageNet-normalised -> float32 (B,h,w) in [0,1]
 """
-import json
 import os
 
 import numpy as np
@@ -94,8 +93,8 @@ class OnnxModel:
         self.arch = meta.get("arch")
         self.precision = meta.get("precision", "fp32")
         self.input_size = int(meta["input_size"]) if meta.get("input_size", "").isdigit() else None
-        cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
-        self.device = f"cuda:{self.session.get_provider_options()['CUDAExecutionProvider']['device_id']}" if cuda else "cpu"
+        cuda = self.session.get_provider_options().get("CUDAExecutionProvider")  # None: it fell back to the CPU
+        self.device = f"cuda:{cuda.get('device_id', 0)}" if cuda is not None else "cpu"
 
     def _check_signature(self):
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
@@ -150,10 +149,3 @@ def load_any_model(path, device="cpu", arch=None, threads=None):
 
     return load_model(path, arch=arch, device=device)
 
-
-def describe(net):
-    """One line saying what ``net`` is, for logs: the ONNX file and its metadata, or the arch."""
-    if isinstance(net, OnnxModel):
-        meta = {k: net.metadata[k] for k in ("arch", "input_size", "precision") if k in net.metadata}
-        return f"onnxruntime on {net.device}, {json.dumps(meta) if meta else 'no metadata'}"
-    return type(net).__name__
