@@ -258,3 +258,14 @@ def test_apply_without_arguments_mattes_the_examples(weights, tmp_path, monkeypa
     for category in ("portrait", "half_body"):
         for kind in ("alpha", "cutout"):
             assert os.path.isfile(tmp_path / "results_apply" / kind / category / "raw_image" / "p0.png")
+
+
+def test_onnx_options_threads_arch_and_precision(onnx_file, tmp_path, capsys):
+    net = load_any_model(onnx_file, device="auto", threads=1)
+    assert net.session.get_session_options().intra_op_num_threads == 1 and net.device == "cpu"
+    with pytest.raises(OnnxModelError, match="holds a u2netp graph"):
+        load_any_model(onnx_file, arch="u2net")
+    photos(str(tmp_path / "in"), count=1)
+    common = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", onnx_file, "--quiet"]
+    assert apply.main([*common, "--precision", "bf16"]) == 2
+    assert "runs at the precision it was exported with (fp32)" in capsys.readouterr().err
