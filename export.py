@@ -4,9 +4,10 @@
     python export.py --model best.pth --output u2net_mine.pt --format torchscript
     python export.py --model best.pth --output u2net_mine_fp16.onnx --precision fp16
     python apply.py --model u2net_mine.onnx --input photos/ --output out      # onnxruntime, no PyTorch
-    rembg i -m u2net_custom -x '{"model_path": "u2net_mine.onnx"}' in.jpg out.png
+    cp u2net_mine.onnx ~/.rembg/ && rembg i -m u2net_custom -x '{"model_path": "~/.rembg/u2net_mine.onnx"}' in.jpg out.png
 
-Without ``--model``: the best weights of the newest stage-2 run, else of stage 1.
+Without ``--model``: the best weights of the newest stage-2 run, else of stage 1. rembg (2.0.86)
+takes custom models only from inside its home folder (``~/.rembg`` or ``$REMBG_HOME``).
 
 The graph takes ``input``, float32 (N,3,H,W): RGB scaled to [0,1], then ImageNet mean/std
 (``utils.constants``); its first output, ``alpha``, is the fused map after the sigmoid, float32
@@ -196,9 +197,10 @@ def main(argv=None):
           f"{'static' if args.static else 'dynamic'} shape) from {weights} in {time.perf_counter() - start:.1f} s; "
           f"parity {max(d for d, _ in diffs):.2g}")
     if args.format == "onnx":
+        name = os.path.basename(args.output)
         print(f"use it with: python apply.py --model {args.output} --input PHOTOS --output OUT\n"
-              f"         or: rembg i -m u2net_custom -x '{{\"model_path\": \"{os.path.abspath(args.output)}\"}}' "
-              "in.jpg out.png")
+              f"         or: cp {args.output} ~/.rembg/ && rembg i -m u2net_custom "
+              f"-x '{{\"model_path\": \"~/.rembg/{name}\"}}' in.jpg out.png")
     return 0
 
 
