@@ -4,7 +4,7 @@
     python export.py --model best.pth --output u2net_mine.pt --format torchscript
     python export.py --model best.pth --output u2net_mine_fp16.onnx --precision fp16
     python apply.py --model u2net_mine.onnx --input photos/ --output out      # onnxruntime, no PyTorch
-    cp u2net_mine.onnx ~/.rembg/ && rembg i -m u2net_custom -x '{"model_path": "~/.rembg/u2net_mine.onnx"}' in.jpg out.png
+    mkdir -p ~/.rembg && cp u2net_mine.onnx ~/.rembg/ && rembg i -m u2net_custom -x '{"model_path": "~/.rembg/u2net_mine.onnx"}' in.jpg out.png
 
 Without ``--model``: the best weights of the newest stage-2 run, else of stage 1. rembg (2.0.86)
 takes custom models only from inside its home folder (``~/.rembg`` or ``$REMBG_HOME``).
@@ -199,7 +199,7 @@ def main(argv=None):
     if args.format == "onnx":
         name = os.path.basename(args.output)
         print(f"use it with: python apply.py --model {args.output} --input PHOTOS --output OUT\n"
-              f"         or: cp {args.output} ~/.rembg/ && rembg i -m u2net_custom "
+              f"         or: mkdir -p ~/.rembg && cp {args.output} ~/.rembg/ && rembg i -m u2net_custom "
               f"-x '{{\"model_path\": \"~/.rembg/{name}\"}}' in.jpg out.png")
     return 0
 
