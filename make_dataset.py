@@ -125,7 +125,9 @@ def make_photos(args, dist, rule, model, model_path, manifest):
     files, problems = collect_inputs(args.input, recursive=args.recursive, exclude=args.output)
     todo, clashes, before = plan_photos(share_inputs(files, dist.rank, dist.world_size), manifest.load(),
                                         manifest, args.category, args.overwrite)
-    writer = DatasetWriter(args.output, args.category, manifest, model_path, args.refine, rule)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
+    threads = max(1, min(8, (os.cpu_count() or 1) // local_world))  # foreground estimations at once
+    writer = DatasetWriter(args.output, args.category, manifest, model_path, args.refine, rule, threads=threads)
     writer.report.before = before
     if dist.is_main:
         writer.report.failed += [(f"--input {spec}", reason) for spec, reason in problems]
@@ -137,10 +139,13 @@ def make_photos(args, dist, rule, model, model_path, manifest):
         print(f"failed: {item.path}: {reason}", file=sys.stderr)
         writer.fail(item, reason)
     batch_size = args.batch_size or (8 if dist.device.type == "cuda" else 1)
-    report = matte_files(model, todo, args.output, outputs=(), on_alpha=writer, size=args.size,
-                         resize=args.resize, device=dist.device, precision=args.precision, batch_size=batch_size,
-                         workers=args.workers, overwrite=True, progress=not args.quiet and dist.is_main,
-                         refine=args.refine)
+    try:
+        report = matte_files(model, todo, args.output, outputs=(), on_alpha=writer, size=args.size,
+                             resize=args.resize, device=dist.device, precision=args.precision, batch_size=batch_size,
+                             workers=args.workers, overwrite=True, progress=not args.quiet and dist.is_main,
+                             refine=args.refine)
+    finally:
+        writer.close()  # the foreground estimations still queued
     by_name = {item.name: item for item in todo}
     for name, reason in report.failed:  # unreadable, or the hook failed: no row yet
         writer.fail(by_name[name], reason)

@@ -126,7 +126,8 @@ def test_layout_manifest_and_bad_files(inputs, dataset):
     assert tuple(rows[0]) == ("source", "name", "weights", "refine", "foreground", "uncertain", "status", "reason")
     by_file = {os.path.basename(r["source"]): r for r in rows}
     assert len(rows) == 13
-    assert sorted(f for f, r in by_file.items() if r["status"] == "failed") == ["empty.jpg", "notes.png", "truncated.jpg"]
+    failed = sorted(f for f, r in by_file.items() if r["status"] == "failed")
+    assert failed == ["empty.jpg", "notes.png", "truncated.jpg"]
     assert "empty" in by_file["empty.jpg"]["reason"] and by_file["truncated.jpg"]["reason"]
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) == 10 and all(r["weights"] == inputs["weights"] and r["refine"] == "guided" for r in ok)
@@ -263,7 +264,8 @@ def test_backgrounds_copied_or_linked_and_bad_ones_named(tmp_path):
     copied = copy_backgrounds(str(tmp_path / "bg"), str(tmp_path / "copy"))
     assert sorted(copied.done) == ["a.png", "sub/b.jpg"] and [f for f, _ in copied.failed] == [
         f"background {tmp_path / 'bg' / 'broken.png'}"]
-    assert filecmp.cmp(tmp_path / "bg" / "sub" / "b.jpg", tmp_path / "copy" / "background" / "sub" / "b.jpg", shallow=False)
+    assert filecmp.cmp(tmp_path / "bg" / "sub" / "b.jpg", tmp_path / "copy" / "background" / "sub" / "b.jpg",
+                       shallow=False)
     assert copy_backgrounds(str(tmp_path / "bg"), str(tmp_path / "copy")).skipped  # kept when run again
     linked = copy_backgrounds(str(tmp_path / "bg"), str(tmp_path / "link"), link=True)
     assert len(linked.done) == 2 and os.path.islink(tmp_path / "link" / "background" / "a.png")

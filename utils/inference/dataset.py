@@ -25,6 +25,7 @@ import shutil
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -215,13 +216,21 @@ class DatasetReport:
 
 class DatasetWriter:
     """``matte_files``'s ``on_alpha`` hook: judge the matte, write photo, mask and foreground
-    cache entry, record the row. Thread-safe; ``report`` counts what it did."""
+    cache entry, record the row. Thread-safe; ``report`` counts what it did.
 
-    def __init__(self, root, category, manifest, weights, refine, rule, fill_cache=True):
+    threads: foreground estimations run at once (pymatting releases the GIL). The estimation
+    (about 1 s a megapixel) costs far more than a GPU's matte, so with ``threads > 1`` it runs
+    in a pool of its own, at most ``2 * threads`` photos queued, while the next photos are
+    matted; ``close()`` waits for them. A photo's row is written once its cache entry is.
+    """
+
+    def __init__(self, root, category, manifest, weights, refine, rule, fill_cache=True, threads=1):
         self.root, self.category, self.manifest, self.rule = root, category, manifest, rule
         self.weights, self.refine = weights, refine
         self.cache = ForegroundCache(default_cache_dir(root)) if fill_cache else None
         self.report, self.lock = DatasetReport(), threading.Lock()
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="foreground") if threads > 1 else None
+        self.slots, self.pending = threading.BoundedSemaphore(2 * threads), []
 
     def row(self, item, name, status, reason="", foreground="", uncertain=""):
         return {"source": os.path.abspath(item.path), "name": name, "weights": self.weights,
@@ -229,7 +238,7 @@ class DatasetWriter:
                 "status": status, "reason": reason}
 
     def fail(self, item, reason):
-        """Record a photo that failed before its matte (unreadable, a clashing name)."""
+        """Record a photo that failed (unreadable, a clashing name, no foreground estimate)."""
         self.manifest.append(self.row(item, photo_name(self.category, item.name), "failed", reason))
         with self.lock:
             self.report.failed.append((item.name, reason))
@@ -239,19 +248,42 @@ class DatasetWriter:
         reason = self.rule.reason(foreground, uncertain)
         turned = reason is None and is_turned(item.path)
         name = photo_name(self.category, item.name, turned)
-        if reason is None:
-            photo, mask = os.path.join(self.root, name), os.path.join(self.root, mask_name(name))
-            write_photo(item.path, photo, image, turned)
-            write_png(mask, alpha_to_uint8(alpha))
-            if self.cache is not None:  # the training loader's key: the name, the files' stamps
-                self.cache.compute(Pair(os.path.abspath(photo), os.path.abspath(mask), name))
-        self.manifest.append(self.row(item, name, "left_out" if reason else "ok", reason or "",
-                                      f"{foreground:.4f}", f"{uncertain:.4f}"))
+        row = self.row(item, name, "left_out" if reason else "ok", reason or "",
+                       f"{foreground:.4f}", f"{uncertain:.4f}")
+        if reason is not None:
+            return self._record(item, row)
+        photo, mask = os.path.join(self.root, name), os.path.join(self.root, mask_name(name))
+        write_photo(item.path, photo, image, turned)
+        write_png(mask, alpha_to_uint8(alpha))
+        pair = Pair(os.path.abspath(photo), os.path.abspath(mask), name)  # the training loader's key
+        if self.pool is None:
+            return self._record(item, row, pair)
+        self.slots.acquire()
+        self.pending.append(self.pool.submit(self._record, item, row, pair))
+
+    def _record(self, item, row, pair=None):
+        """Fill the cache entry of ``pair`` (if any), then write the row: the photo is done."""
+        try:
+            if pair is not None and self.cache is not None:
+                self.cache.compute(pair)
+        except (ImageReadError, OSError, ValueError, MemoryError) as err:
+            return self.fail(item, f"foreground estimation failed: {err}")
+        finally:
+            if pair is not None and self.pool is not None:
+                self.slots.release()
+        self.manifest.append(row)
         with self.lock:
-            if reason:
-                self.report.left_out[reason.split(":")[0]] += 1
+            if row["status"] == "left_out":
+                self.report.left_out[row["reason"].split(":")[0]] += 1
             else:
                 self.report.ok += 1
+
+    def close(self):
+        """Wait for the queued foreground estimations."""
+        if self.pool is not None:
+            for future in self.pending:
+                future.result()
+            self.pool.shutdown()
 
 
 def plan_photos(inputs, rows, manifest, category, overwrite):
