@@ -227,6 +227,7 @@ class DatasetWriter:
     def __init__(self, root, category, manifest, weights, refine, rule, fill_cache=True, threads=1):
         self.root, self.category, self.manifest, self.rule = root, category, manifest, rule
         self.weights, self.refine = weights, refine
+        os.makedirs(root, exist_ok=True)  # before default_cache_dir, which looks at the folder
         self.cache = ForegroundCache(default_cache_dir(root)) if fill_cache else None
         self.report, self.lock = DatasetReport(), threading.Lock()
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="foreground") if threads > 1 else None
