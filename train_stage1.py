@@ -18,8 +18,7 @@ import json
 
 from data_loader import AISegmentDataset
 from model import build_model
-from utils.distributed import (cleanup, init_distributed_mode, is_main_process, main_process_first,
-                               seed_everything)
+from utils.distributed import cleanup, init_distributed_mode, is_main_process, seed_everything
 from utils.training.engine import (NonFiniteLossError, augment_from_settings, build_train_loader, evaluate,
                           resume_training, setup_training, train_one_epoch)
 from utils.training.losses import MattingLoss
@@ -59,9 +58,8 @@ def main(argv=None):
     if dist.is_main:
         print(json.dumps(settings_to_dict(settings), indent=2))
     try:
-        # data
-        with main_process_first():
-            train_set, val_set = build_datasets(settings)
+        # data: every rank indexes the files itself (read only; no rank waits in a collective meanwhile)
+        train_set, val_set = build_datasets(settings)
         loader = build_train_loader(train_set, settings, dist)
 
         # model, optimiser, schedule, AMP; then the checkpoint when resuming (None: from epoch 0)
