@@ -111,8 +111,8 @@ def cuda_backends():
     resumed run matches an uninterrupted one exactly on the CPU, and on a GPU only as far as
     cuDNN is deterministic. TF32 stays on for convolutions (PyTorch's default, set here so that
     no other default changes it): it only acts on fp32 convolutions (``amp=off``, and the fp32
-    validation), which it runs several times faster on Ampere and newer GPUs, at a 10-bit
-    mantissa like fp16's, which the network's 8-bit targets never resolve.
+    validation), which it runs several times faster on Ampere and newer GPUs, with a 10-bit
+    mantissa: as many bits as fp16's, more than bf16's, which the default ``amp`` trains in.
     """
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.conv.fp32_precision = "tf32"
