@@ -64,10 +64,13 @@ class OnnxModel:
     """
 
     def __init__(self, path, device="cpu", threads=None):
-        import onnxruntime as ort  # here, not at import: only an .onnx model needs it
-        from onnxruntime.capi import onnxruntime_pybind11_state as state
-
         self.path = os.fspath(path)
+        try:  # here, not at import: only an .onnx model needs it
+            import onnxruntime as ort
+            from onnxruntime.capi import onnxruntime_pybind11_state as state
+        except ImportError as err:
+            raise OnnxModelError(f"{self.path}: running an .onnx model needs onnxruntime "
+                                 "(pip install onnxruntime, or onnxruntime-gpu for CUDA)") from err
         if not os.path.isfile(self.path):
             raise OnnxModelError(f"{self.path}: no such ONNX file")
         options = ort.SessionOptions()
