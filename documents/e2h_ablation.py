@@ -381,7 +381,8 @@ def summarize(entry, log, r1, r0, measure, ramp_epochs):
     row.update({"seed_measure_ramp": float(np.mean([m["mad_at_ratio"] for m in ramp])),
                 "r1_measure_ramp": float(np.mean([m["mad_r1"] for m in ramp])),
                 "epochs": len(log), "last_mix_ratio": log[-1]["mix_ratio"], "last_val_mad": log[-1]["val_mad"],
-                "train_minutes": sum(r["seconds"] for r in log) / 60.0, "run": os.path.basename(entry["run"])})
+                "train_minutes": sum(r["seconds"] for r in log) / 60.0, "run": os.path.basename(entry["run"]),
+                "ratios": [m["ratio"] for m in measure]})
     return row
 
 
@@ -421,6 +422,11 @@ def verdict(rows, schedules):
                 how = f"lower with {LABELS[arm]} in {sum(r < 1 for r in ratios)} of {len(ratios)} seeds, higher in the rest"
             lines.append(f"{what}: {how}; paired ratio {', '.join(f'{r:.2f}' for r in ratios)} "
                          f"(geometric mean {mean:.2f}; the seed reports about 0.5).")
+    for a, b in same_schedule_pairs(rows, schedules):
+        lines.append(f"{LABELS[a]} and {LABELS[b]} trained on the same e2h ratio every epoch at this update_ratio_epoch "
+                     f"(the step schedule rises every epoch, as the linear one), so they are one schedule here; their "
+                     f"numbers agree to {max_gap(rows, a, b):.1e} (bf16 and all randomness fixed by the seed). They "
+                     f"differ when update_ratio_epoch > 1, as in `--preset full`.")
     seed_way = {arm: list(paired_ratios(rows, arm, "seed_measure_ramp").values()) for arm in schedules if arm != "none"}
     ours = {arm: list(paired_ratios(rows, arm, "r1_measure_ramp").values()) for arm in schedules if arm != "none"}
     for arm, ratios in seed_way.items():
@@ -431,13 +437,28 @@ def verdict(rows, schedules):
     return lines
 
 
+def same_schedule_pairs(rows, schedules):
+    """Pairs of arms whose runs trained on the same ratio at every epoch (``ratios``: the
+    schedule's ratio per epoch, from e2h_measure.csv)."""
+    ratios = {r["schedule"]: r.get("ratios") for r in rows}
+    arms = [s for s in schedules if ratios.get(s)]
+    return [(a, b) for i, a in enumerate(arms) for b in arms[i + 1:] if ratios[a] == ratios[b]]
+
+
+def max_gap(rows, a, b, column="mad"):
+    """Largest |a - b| of ``column`` over the seeds both arms ran."""
+    by = {(r["schedule"], r["seed"]): r[column] for r in rows}
+    return max(abs(by[(a, seed)] - by[(b, seed)]) for (s, seed) in by if s == a and (b, seed) in by)
+
+
 def write_table(rows, schedules, scale, csv_path, md_path):
     """The rows as CSV (full precision) and the markdown report headed by the ``scale`` lines."""
-    columns = list(rows[0])
+    columns = [c for c in rows[0] if c != "ratios"]
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
+        writer.writerows({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items() if k in columns}
+                         for row in rows)
     shown = ("mad", "sad", "grad", "conn", "mad_unknown", "mad_r0", "sad_r0", "seed_measure_ramp", "r1_measure_ramp")
     stats = arm_stats(rows, schedules, shown)
     seeds = sorted({r["seed"] for r in rows})

@@ -61,7 +61,8 @@ def write_fake_run(folder, schedule, seed, mad, epochs=4):
     summaries of its two held-out tests (ratio 1 and 0); held-out MAD ``mad`` at r = 1, 2x at r = 0."""
     run = folder / f"e2h_{schedule}_seed{seed}_20260101_000000"
     run.mkdir(parents=True)
-    ratios = [min(e / 2, 1.0) if schedule != "none" else 1.0 for e in range(epochs)]
+    ramp = {"step": 2, "linear": 3}.get(schedule)
+    ratios = [min(e / ramp, 1.0) if ramp else 1.0 for e in range(epochs)]
     with open(run / "train_log.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
         writer.writeheader()
@@ -133,10 +134,14 @@ def test_ablation_report(make_paixin, tmp_path):
     assert float(table[2]["mad"]) == pytest.approx(0.08) and float(table[2]["mad_r0"]) == pytest.approx(0.16)
     md = (out / "e2h_results.md").read_text()
     assert "| e2h step (seed's) | 2 | 0.05000 ± 0.01414 |" in md
-    assert "| 0 | 0.50 | 0.50 | 0.31 | 1.50 | 1.50 | 0.94 |" in md  # step/none, linear/none at seed 0
+    assert "| 0 | 0.50 | 0.50 | 0.31 | 1.50 | 1.50 | 0.87 |" in md  # step/none, linear/none at seed 0
     assert "lower with e2h step (seed's) in all 2 seeds; paired ratio 0.50, 0.60" in md
     assert "lower with e2h linear in 1 of 2 seeds, higher in the rest" in md
     assert "8 training photos" in md and "load average 3.0-4.5" in md and "took 61 min" in md
+    assert "one schedule here" not in md  # step and linear differ here
+    same = [dict(r, schedule="linear") for r in rows if r["schedule"] == "step"]
+    assert e2h_ablation.same_schedule_pairs([r for r in rows if r["schedule"] != "linear"] + same,
+                                            ["step", "linear", "none"]) == [("step", "linear")]
     (h, w, _), std, size = png_stats(out / "e2h_results.png")
     assert w > 500 and h > 400 and std > 10 and size < MAX_PNG_BYTES
 
