@@ -47,12 +47,13 @@ def read_log(run_dir):
 
 def run_and_kill_in_epoch_1(settings, results_dir, cwd):
     """Start train_stage2.py in a subprocess; SIGKILL it once epoch 1's first step is done."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    # TQDM_MININTERVAL=0: the bar is drawn after every step, however fast (else tqdm may skip to 100 %)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, TQDM_MININTERVAL="0")
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_stage2.py"),
                              *sets(*settings, f"results_dir={results_dir}")],
                             cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen = []
-    marker = "epoch 1 (2/3):  "  # tqdm's bar for epoch 1; killed once it shows a finished step
+    marker = "epoch 1 (2/3):"  # tqdm's bar for epoch 1; killed once it shows the first of 2 steps done
 
     def watch():
         text = ""
@@ -62,7 +63,7 @@ def run_and_kill_in_epoch_1(settings, results_dir, cwd):
                 return
             text += chunk.decode(errors="replace")
             bars = [part for part in text.replace("\n", "\r").split("\r") if part.startswith(marker)]
-            if any("/" in b and not b[len(marker):].lstrip().startswith("0%") for b in bars):
+            if any("| 1/2 " in b for b in bars):
                 seen.append(True)
                 proc.send_signal(signal.SIGKILL)
                 return
