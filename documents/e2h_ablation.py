@@ -615,8 +615,11 @@ def scale_lines(manifest):
     if loads:
         hw += (f" on a machine shared with other jobs (1-minute load average {min(l[0] for l in loads):.1f}-"
                f"{max(l[0] for l in loads):.1f} at the runs' starts and ends)")
+    stage1_log = os.path.join(manifest.get("stage1_run") or "", "train_log.csv")
+    if os.path.isfile(stage1_log):
+        hw += f"; stage 1 trained for {sum(r['seconds'] for r in read_train_log(stage1_log)) / 60:.0f} min"
     if "wall_minutes" in manifest:
-        hw += f"; the whole ablation took {manifest['wall_minutes']:.0f} min"
+        hw += f"; the ablation command took {manifest['wall_minutes']:.0f} min (complete runs found in its folder are reused)"
     lines.append(hw)
     if manifest["preset"] != "full":
         lines.append("scale: far below the seed's (U2NET at 320/288, 150 stage-2 epochs, thousands of real photos); "

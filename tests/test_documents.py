@@ -137,7 +137,7 @@ def test_ablation_report(make_paixin, tmp_path):
     assert "| 0 | 0.50 | 0.50 | 0.31 | 1.50 | 1.50 | 0.87 |" in md  # step/none, linear/none at seed 0
     assert "lower with e2h step (seed's) in all 2 seeds; paired ratio 0.50, 0.60" in md
     assert "lower with e2h linear in 1 of 2 seeds, higher in the rest" in md
-    assert "8 training photos" in md and "load average 3.0-4.5" in md and "took 61 min" in md
+    assert "8 training photos" in md and "load average 3.0-4.5" in md and "took 61 min (complete runs" in md
     assert "one schedule here" not in md  # step and linear differ here
     same = [dict(r, schedule="linear") for r in rows if r["schedule"] == "step"]
     assert e2h_ablation.same_schedule_pairs([r for r in rows if r["schedule"] != "linear"] + same,
