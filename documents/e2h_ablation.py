@@ -70,7 +70,7 @@ PRESETS = {
                    "epoch_num": 8, "image_num": 120, "val_image_num": 16, "lr": 0.001, "lr_schedule": "constant",
                    "amp": "auto", "seed": 0, "save_every": 8, "dataloader.num_worker": 0},
         "stage2": {"arch": "u2netp", "model_name": "u2netp", "image_size": 112, "crop_size": 96, "batch_size": 8,
-                   "epoch_num": 15, "update_ratio_epoch": 1, "e2h.ramp_epochs": 10, "image_num": 48,
+                   "epoch_num": 30, "update_ratio_epoch": 2, "e2h.ramp_epochs": 20, "image_num": 48,
                    "val_image_num": 16, "lr": 0.001, "lr_schedule": "seed", "amp": "auto", "save_every": 1,
                    "dataloader.num_worker": 0},
         "seeds": [0, 1, 2], "parallel": 9, "threads": 1, "stage1_threads": 1,
