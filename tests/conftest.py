@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from data_loader.splits import in_split
+from model import build_model
 
 
 def names_in_both_splits(pattern, count, val_count, key=lambda name: name):
@@ -83,3 +84,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Random-init U2NETP weights (seed 0) as a plain state_dict file; a module may define its own."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "u2netp.pth"
+    torch.save(build_model("u2netp").state_dict(), path)
+    return str(path)

@@ -25,22 +25,7 @@ from utils.runs import find_newest_weights
 SIZE = ["--size", "64"]  # a small network input keeps the tests fast
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine OpenMP barriers, not compute, dominate
-    the tiny network's hundreds of small ops."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "u2netp.pth"
-    torch.save(build_model("u2netp").state_dict(), path)
-    return str(path)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one PyTorch thread for tiny networks
 
 
 def photo(h, w, seed=0):

@@ -148,14 +148,6 @@ def test_gray_16_bit_and_tiny_photos(tmp_path, example):
 
 # ---------------------------------------------------------------- the scripts pass it through
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "u2netp.pth"
-    torch.save(build_model("u2netp").state_dict(), path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("refine_data")
     for i in range(2):
