@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 

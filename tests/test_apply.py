@@ -10,12 +10,11 @@ import sys
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import apply
 from data_loader.image_io import read_rgb
-from model import build_model, load_model
+from model import load_model
 from utils.inference.cutout import (alpha_to_uint8, composite_over, cutout_rgba, estimate_foreground_colours,
                                     fit_background, parse_background)
 from utils.inference.files import collect_inputs

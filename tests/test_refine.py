@@ -11,13 +11,12 @@ import os
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import apply
 import test_stage2
 from data_loader.image_io import read_rgb
-from model import build_model, load_model
+from model import load_model
 from utils.constants import REFINE_METHODS
 from utils.inference.predict import predict_alphas
 from utils.inference.preprocess import alpha_to_size

@@ -82,7 +82,6 @@ def test_stage1_has_no_e2h_keys(tmp_path):
 def test_shipped_settings_files_parse(tmp_path):
     """Every shipped JSON file uses only known keys of the right types (paths aside)."""
     for script in ("train_stage1", "train_stage2", "test_stage2"):
-        from utils.settings import default_config_path
         path = default_config_path(script)
         data = json.load(open(path))
         data["dataset_path"] = str(tmp_path)
