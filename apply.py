@@ -19,9 +19,11 @@ examples (``data_examples/paixin_comp_mod/*/raw_image``), as the seed's ``python
 ``--output``: ``results_apply/``. An ``.onnx`` model (export.py) runs with onnxruntime, and then
 PyTorch is not imported at all.
 
-Network input: each photo resized to ``--size`` x ``--size`` (default 320, aspect not kept), as
-the original U-2-Net test script; ``--resize short_side`` keeps the aspect ratio (the scale
-this project trains at) for 1.33x the compute on 3:4 photos. See utils/inference/predict.py.
+Network input: each photo resized to ``--size`` x ``--size`` (aspect not kept), as the original
+U-2-Net test script; by default the size the weights' training run used (its settings.json
+beside them), else an .onnx file's export size, else 320, the original's. ``--resize
+short_side`` keeps the aspect ratio (the scale this project trains at) for 1.33x the compute on
+3:4 photos. See utils/inference/predict.py.
 
 Full resolution: the network's 320 px alpha is refined at the photo's own resolution with the
 photo as the guide (``--refine``, utils/inference/refine.py); alphas, cut-outs, composites and
@@ -42,7 +44,7 @@ from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES  # noqa:
 from utils.inference.cutout import parse_background  # noqa: E402
 from utils.inference.files import OUTPUT_KINDS, MatteReport, collect_inputs, matte_files, share_inputs  # noqa: E402
 from utils.inference.onnx_model import OnnxModel, is_onnx_path, load_any_model  # noqa: E402
-from utils.runs import choose_weights  # noqa: E402
+from utils.runs import choose_weights, network_size  # noqa: E402
 
 DEFAULT_REFINE = "guided"  # benchmarks/refine.py: sharper edges for ~0.1 s a photo; README has the figures
 
@@ -68,7 +70,9 @@ def parse_args(argv=None):
                    help=f"comma-separated subset of {','.join(OUTPUT_KINDS)} (default: alpha,cutout)")
     p.add_argument("--background", default="#ffffff",
                    help="composite background: a colour (#00ff00, white) or an image (default: #ffffff)")
-    p.add_argument("--size", type=int, default=320, help="network input size (default: 320)")
+    p.add_argument("--size", type=int, default=None,
+                   help="network input size (default: the image_size of the training run the weights come "
+                        "from, else an .onnx file's export size, else 320)")
     p.add_argument("--resize", choices=RESIZE_POLICIES, default="square",
                    help="square: size x size, as the original U-2-Net; short_side: keep the aspect ratio")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
@@ -190,6 +194,7 @@ def run(args, dist):
             raise ValueError(f"--output {args.output}: exists and is not a folder")
         background = parse_background(args.background) if "composite" in outputs else None
         model, model_path, device, batch_size = load_network(args)
+        size, size_source = network_size(model_path, args.size, getattr(model, "input_size", None))
     except ValueError as err:  # so are CheckpointError, OnnxModelError and ImageReadError
         print(f"apply.py: error: {err}", file=sys.stderr)
         return 2
@@ -201,12 +206,12 @@ def run(args, dist):
         newest = "" if args.model else " (the newest trained weights)"
         runtime = f"onnxruntime on {device}" if isinstance(model, OnnxModel) else f"{device}, {args.precision}"
         processes = f", {dist.world_size} processes" if dist else ""
-        print(f"{len(files)} images, model {model_path}{newest}, {runtime}, batch {batch_size}{processes}",
-              file=sys.stderr)
+        print(f"{len(files)} images, model {model_path}{newest}, {runtime}, batch {batch_size}{processes}, "
+              f"network input {size}x{size} (from {size_source})", file=sys.stderr)
     mine = share_inputs(files, dist.rank, dist.world_size) if dist else files
     try:
         report = matte_files(model, mine, args.output, outputs=outputs, background=background,
-                             size=args.size, resize=args.resize, device=device, precision=args.precision,
+                             size=size, resize=args.resize, device=device, precision=args.precision,
                              batch_size=batch_size, workers=args.workers, overwrite=args.overwrite,
                              progress=not args.quiet and main_process, refine=args.refine)
     except ValueError as err:  # up-front checks (size, precision, batch size)

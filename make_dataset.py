@@ -46,7 +46,7 @@ from utils.inference.dataset import (BACKGROUND_DIR, DatasetReport, DatasetWrite
                                      QualityRule, copy_backgrounds, make_composites, plan_photos)
 from utils.inference.files import collect_inputs, matte_files, share_inputs  # noqa: E402
 from utils.inference.onnx_model import load_any_model  # noqa: E402
-from utils.runs import choose_weights  # noqa: E402
+from utils.runs import choose_weights, network_size  # noqa: E402
 
 NOT_CATEGORIES = (BACKGROUND_DIR, "background_easy", "composites")
 DEFAULT_REFINE = "guided"  # apply.py's: the same alpha from the same command
@@ -74,7 +74,8 @@ def parse_args(argv=None):
     p.add_argument("--composites", type=int, default=0, metavar="N", help="fixed composites per foreground")
     p.add_argument("--split", choices=SPLITS, default="val", help="foregrounds to composite (default: val)")
     p.add_argument("--seed", type=int, default=0, help="seed of the composites (default: 0)")
-    p.add_argument("--size", type=int, default=320, help="network input size (default: 320)")
+    p.add_argument("--size", type=int, default=None,
+                   help="network input size (default: as apply.py, the weights' training run's own, else 320)")
     p.add_argument("--resize", choices=RESIZE_POLICIES, default="square", help="as apply.py (default: square)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 | bf16 | fp16 (default: fp32)")
@@ -139,8 +140,9 @@ def make_photos(args, dist, rule, model, model_path, manifest):
         print(f"failed: {item.path}: {reason}", file=sys.stderr)
         writer.fail(item, reason)
     batch_size = args.batch_size or (8 if dist.device.type == "cuda" else 1)
+    size, _ = network_size(model_path, args.size, getattr(model, "input_size", None))
     try:
-        report = matte_files(model, todo, args.output, outputs=(), on_alpha=writer, size=args.size,
+        report = matte_files(model, todo, args.output, outputs=(), on_alpha=writer, size=size,
                              resize=args.resize, device=dist.device, precision=args.precision, batch_size=batch_size,
                              workers=args.workers, overwrite=True, progress=not args.quiet and dist.is_main,
                              refine=args.refine)

@@ -45,7 +45,7 @@ from utils.inference.evaluate import (EvaluationError, Extremes, PairDataset, de
 from utils.inference.onnx_model import OnnxModel, OnnxModelError, load_any_model
 from utils.inference.predict import predict_alphas
 from utils.metrics import METRIC_NAMES, REGION_METRIC_NAMES
-from utils.runs import choose_weights, settings_near
+from utils.runs import choose_weights, network_size
 from utils.settings import load_settings, settings_to_dict
 
 
@@ -111,19 +111,6 @@ def find_weights(settings):
     return path
 
 
-def network_size(settings, weights):
-    """``image_size`` if set, else that of the run the weights come from (its settings.json
-    beside them or one folder up, as ``<run>/model/best.pth``), so the scores match the run's
-    validation; else 320 (the original U-2-Net's)."""
-    if settings.image_size:
-        return settings.image_size, "image_size"
-    saved, path = settings_near(weights)
-    size = (saved or {}).get("image_size")
-    if isinstance(size, int) and size > 0:
-        return size, path
-    return 320, "the default"
-
-
 def main(argv=None):
     settings, args = parse_args(argv)
     torch.manual_seed(settings.seed)
@@ -139,13 +126,10 @@ def main(argv=None):
     if not args.predictions:
         weights = find_weights(settings)
         model = load_any_model(weights, arch=settings.arch or None, device=device)  # .pth, or .onnx (onnxruntime)
-        if isinstance(model, OnnxModel):
-            size, size_source = network_size(settings, weights)
-            if size_source == "the default" and model.input_size:
-                size, size_source = model.input_size, f"the export size in {os.path.basename(weights)}"
-        else:
+        if not isinstance(model, OnnxModel):
             model = model.to(memory_format=torch.channels_last)
-            size, size_source = network_size(settings, weights)
+        # image_size, else the training run's own (so the scores match its validation), else 320
+        size, size_source = network_size(weights, settings.image_size, getattr(model, "input_size", None))
     output = args.output or new_output_dir(weights)
     os.makedirs(output, exist_ok=True)
     print(f"evaluating {len(data)} images: {description}\nweights: {weights or 'none (scoring --predictions)'}"

@@ -3,7 +3,9 @@
 Tiny random U2NETP weights and small photos; apply.main runs in-process (one subprocess test
 checks the exit status of the real command).
 """
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -72,6 +74,30 @@ def test_outputs_have_the_inputs_sizes_and_the_inference_functions_alpha(tmp_pat
         assert cut.shape == (h, w, 4)
         np.testing.assert_array_equal(cut[..., 3], written)
         assert read_png(out / "composite" / f"{stem}.png").shape == (h, w, 3)
+
+
+def test_network_size_defaults_to_the_training_runs_own(tmp_path, weights):
+    """No --size: the image_size in the settings.json of the weights' run folder, else 320."""
+    path = save(tmp_path / "in" / "a.png", photo(50, 40))
+    run_dir = tmp_path / "run"
+    (run_dir / "model").mkdir(parents=True)
+    shutil.copyfile(weights, run_dir / "model" / "best.pth")
+    (run_dir / "settings.json").write_text(json.dumps({"image_size": 96}))
+    net = load_model(weights)
+
+    def written(name, model):
+        out = tmp_path / name
+        assert apply.main(["--model", str(model), "--quiet", "--input", str(path), "--output", str(out),
+                           "--outputs", "alpha", "--refine", "none"]) == 0
+        return read_png(out / "alpha" / "a.png")
+
+    def expected(size):
+        (alpha,) = predict_alphas(net, [read_rgb(path)], size=size, refine="none")
+        return alpha_to_uint8(alpha)
+
+    np.testing.assert_array_equal(written("from_run", run_dir / "model" / "best.pth"), expected(96))
+    assert not np.array_equal(expected(96), expected(320))
+    np.testing.assert_array_equal(written("plain_file", weights), expected(320))  # no run folder: 320
 
 
 def test_cutout_colours_are_closer_to_the_true_foreground_than_the_composite():

@@ -92,3 +92,21 @@ def settings_near(weights):
         if saved is not None:
             return saved, run_settings_path(run)
     return None, None
+
+
+def network_size(weights, explicit=None, export_size=None, default=320):
+    """``(size, where it came from)`` of the network input for ``weights``: ``explicit`` when
+    given; else the ``image_size`` of the run the weights come from (its settings.json beside
+    them or one folder up), so a model runs at the size it was trained and validated at; else
+    ``export_size`` (an .onnx file's, from its metadata); else ``default`` (the original
+    U-2-Net's 320)."""
+    if explicit:
+        return explicit, "the size asked for"
+    if weights:
+        saved, path = settings_near(weights)
+        size = (saved or {}).get("image_size")
+        if isinstance(size, int) and size > 0:
+            return size, path
+    if export_size:
+        return export_size, f"the export size in {os.path.basename(weights)}"
+    return default, "the default"
