@@ -611,7 +611,8 @@ def scale_lines(manifest):
     loads = [x for r in runs for x in (r.get("load_start"), r.get("load_end")) if x]
     hw = f"hardware: {manifest['hardware']}, {manifest.get('parallel', 1)} runs at a time"
     if minutes:
-        hw += f"; a stage-2 run took {min(minutes):.0f}-{max(minutes):.0f} min of wall time to train"
+        span = f"{min(minutes):.0f}" if round(min(minutes)) == round(max(minutes)) else f"{min(minutes):.0f}-{max(minutes):.0f}"
+        hw += f"; a stage-2 run took {span} min of wall time to train"
     if loads:
         hw += (f" on a machine shared with other jobs (1-minute load average {min(l[0] for l in loads):.1f}-"
                f"{max(l[0] for l in loads):.1f} at the runs' starts and ends)")
