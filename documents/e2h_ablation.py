@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python documents/e2h_ablation.py                 # CPU scale (the published numbers), ~1 h on 2 shared cores
+    python documents/e2h_ablation.py                 # CPU scale (the published numbers), ~30 min on 2 shared cores
     python documents/e2h_ablation.py --preset full \\
         --stage1-set dataset_path=/data/AISegment --set dataset_path=/data/paixin_comp_mod   # GPU, the seed's scale
     python documents/e2h_ablation.py --report-only   # table and figure again from the last runs
