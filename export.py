@@ -37,7 +37,7 @@ import torch.nn as nn
 from model import CheckpointError, load_model
 from utils.constants import IMAGENET_MEAN, IMAGENET_STD
 from utils.inference.onnx_model import OnnxModel, OnnxModelError
-from utils.runs import choose_weights
+from utils.runs import choose_weights, network_size
 
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
@@ -69,7 +69,9 @@ def parse_args(argv=None):
     p.add_argument("--model", metavar="FILE", help="weights (default: newest results_stage2/1 best.pth)")
     p.add_argument("--output", required=True, metavar="FILE", help="the file to write (.onnx, .pt)")
     p.add_argument("--format", choices=FORMATS, help="default: torchscript for .pt/.ts, else onnx")
-    p.add_argument("--size", type=int, default=320, help="export and parity size (default: 320)")
+    p.add_argument("--size", type=int, default=None,
+                   help="export and parity size, written into the metadata as the size apply.py runs the "
+                        "file at (default: the image_size of the weights' training run, else 320)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     p.add_argument("--precision", choices=tuple(TOLERANCE), default="fp32")
     p.add_argument("--all-outputs", action="store_true", help="also the side maps d1..d6")
@@ -187,7 +189,9 @@ def main(argv=None):
         if weights is None:
             raise ExportError("no weights: pass --model FILE, or train one (python train_stage2.py)")
         net = load_model(weights)
-        diffs = export(net, args.output, args.format, args.size, args.opset, args.precision, args.all_outputs,
+        size, _ = network_size(weights, args.size)  # the size the weights were trained at, else 320
+        size = size if args.size else max(size, MIN_SIZE)
+        diffs = export(net, args.output, args.format, size, args.opset, args.precision, args.all_outputs,
                        args.static, args.tolerance, source=weights)
     except (ExportError, CheckpointError, OnnxModelError) as err:
         print(f"export.py: error: {err}", file=sys.stderr)

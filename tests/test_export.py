@@ -105,6 +105,17 @@ def test_export_prints_parity_at_two_sizes(weights, tmp_path, capsys):
     assert os.listdir(tmp_path) == ["m.onnx"]  # no temporary file left
 
 
+def test_export_size_defaults_to_the_training_runs_own(weights, tmp_path):
+    """No --size: the run's image_size (so apply.py runs the .onnx at the size it was trained at)."""
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "best.pth").write_bytes(open(weights, "rb").read())
+    (run / "settings.json").write_text(json.dumps({"image_size": 80}))
+    path = str(tmp_path / "m.onnx")
+    assert export.main(["--model", str(run / "model" / "best.pth"), "--output", path]) == 0
+    assert OnnxModel(path).input_size == 80
+
+
 def test_torchscript_round_trip(weights, tmp_path):
     path = str(tmp_path / "u2netp.pt")
     assert export.main(["--model", weights, "--output", path, "--size", str(SIZE)]) == 0  # format from .pt
