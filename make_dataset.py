@@ -38,6 +38,7 @@ import time
 REPO = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, REPO)
 
+from data_loader.foreground_cache import photo_work_timeout  # noqa: E402
 from data_loader.indexing import DatasetError  # noqa: E402
 from data_loader.splits import SPLITS  # noqa: E402
 from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES  # noqa: E402
@@ -50,7 +51,6 @@ from utils.runs import choose_weights, network_size  # noqa: E402
 
 NOT_CATEGORIES = (BACKGROUND_DIR, "background_easy", "composites")
 DEFAULT_REFINE = "guided"  # apply.py's: the same alpha from the same command
-SECONDS_PER_PHOTO_BOUND = 60  # how long the others may wait for the slowest process, per photo
 
 
 def parse_args(argv=None):
@@ -166,7 +166,7 @@ def make(args, dist, rule, start):
         copied = copy_backgrounds(args.backgrounds, args.output, args.link_backgrounds,
                                   (dist.rank, dist.world_size))
         report.backgrounds, report.failed = len(copied.done), report.failed + copied.failed
-    wait = datetime.timedelta(minutes=30, seconds=SECONDS_PER_PHOTO_BOUND * (count // dist.world_size + 1))
+    wait = photo_work_timeout(count // dist.world_size + 1)  # for the slowest process
     wait_for_all(wait, "the other processes to finish their photos")
     if dist.is_main:
         manifest.fold()

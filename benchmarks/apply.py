@@ -258,11 +258,13 @@ def measure_process(cmd, env=None, pss_interval=0.0):
     return wall, usage.ru_maxrss / 1024, pss, usage.ru_utime + usage.ru_stime
 
 
-def gpu_has_bf16(device):
+def has_native_bf16(device):
+    """Whether ``device`` ("cpu", "cuda:N") computes bf16 natively (utils.device's rule)."""
     import torch
     sys.path.insert(0, REPO)
-    from utils.device import cuda_bf16_native
-    return cuda_bf16_native(torch.device(device))
+    from utils.device import cpu_bf16_native, cuda_bf16_native
+    device = torch.device(device)
+    return cuda_bf16_native(device) if device.type == "cuda" else cpu_bf16_native()
 
 
 def onnxruntime_has_cuda():
@@ -271,11 +273,6 @@ def onnxruntime_has_cuda():
     except ImportError:
         return False
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-
-
-def cpu_has_bf16():
-    import torch
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def alpha_diff(dir_a, dir_b):
@@ -423,7 +420,7 @@ def main():
 
     precisions = [p for p in args.configs.split(",") if p]
     cuda = args.device.startswith("cuda")
-    emulated_bf16 = "bf16" in precisions and not (gpu_has_bf16(args.device) if cuda else cpu_has_bf16())
+    emulated_bf16 = "bf16" in precisions and not has_native_bf16(args.device)
     if emulated_bf16:
         precisions.remove("bf16")
         why = "compute capability < 8.0" if cuda else "avx512_bf16 / amx"

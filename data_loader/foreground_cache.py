@@ -82,14 +82,6 @@ def default_cache_dir(root):
     return os.path.join(os.path.expanduser("~"), ".cache", "u2net_e2h", "foreground", digest)
 
 
-def _distributed_rank():
-    """(rank, world size) from torchrun's environment; (0, 1) otherwise."""
-    try:
-        return int(os.environ.get("RANK", 0)), max(1, int(os.environ.get("WORLD_SIZE", 1)))
-    except ValueError:
-        return 0, 1
-
-
 class ForegroundCache:
     """Estimated foregrounds on disk.
 
@@ -198,23 +190,15 @@ class ForegroundCache:
                 except FileNotFoundError:
                     pass
 
-    def build(self, pairs, progress=True, threads=None, share=None):
+    def build(self, pairs, progress=True, threads=None, share=(0, 1)):
         """Compute every missing or stale entry (threads; pymatting releases the GIL), with a
         tqdm progress bar. ``share=(rank, world)``: only ``pairs[rank::world]``, this rank's
-        part (``build_shared``), its bar shown on every rank. Without ``share``, under torchrun
-        each rank starts at its own share of the list, skips entries that appear meanwhile and
-        shows no bar but rank 0's. Returns {name: ImageReadError} of failures."""
-        if share is not None:
-            rank, world = share
-            pairs = pairs[rank::world]
-        else:
-            rank, world = _distributed_rank()
-        todo = [p for p in pairs if not self.is_fresh(p)]
+        part (``build_shared``), its bar labelled with the rank. Returns {name: ImageReadError}
+        of failures."""
+        rank, world = share
+        todo = [p for p in pairs[rank::world] if not self.is_fresh(p)]
         if not todo:
             return {}
-        if share is None:
-            start = len(todo) * rank // world
-            todo = todo[start:] + todo[:start]
         failures = {}
 
         def task(pair):
@@ -226,10 +210,9 @@ class ForegroundCache:
 
         threads = threads or min(4, os.cpu_count() or 1)
         desc = f"estimating foregrounds -> {self.cache_dir}"
-        show = progress and (share is not None or rank == 0)
         with ThreadPoolExecutor(max_workers=threads) as pool, \
-                tqdm(total=len(todo), desc=f"rank {rank}: {desc}" if share else desc, unit="photo",
-                     position=rank if share else None, disable=not show) as bar:
+                tqdm(total=len(todo), desc=f"rank {rank}: {desc}" if world > 1 else desc, unit="photo",
+                     position=rank if world > 1 else None, disable=not progress) as bar:
             for _ in pool.map(task, todo):
                 bar.update(1)
         return failures
@@ -259,6 +242,12 @@ class ForegroundCache:
 SECONDS_PER_PHOTO_BOUND = 60  # estimate_foreground_ml takes ~1 s on a photo of 1-2 MP
 
 
+def photo_work_timeout(photos):
+    """How long processes may wait for one that has ``photos`` photos to work through: 30
+    minutes plus ``SECONDS_PER_PHOTO_BOUND`` a photo (a datetime.timedelta)."""
+    return datetime.timedelta(minutes=30, seconds=SECONDS_PER_PHOTO_BOUND * photos)
+
+
 def build_shared(cache, pairs, progress=True, threads=None):
     """``cache.build(pairs)`` shared by the torchrun processes, the same failures on every rank.
 
@@ -275,6 +264,5 @@ def build_shared(cache, pairs, progress=True, threads=None):
     missing = sum(not cache.is_fresh(p) for p in pairs)
     cache.build(pairs, progress=progress, threads=threads, share=(get_rank(), world))
     slowest = min(missing, -(-len(pairs) // world))  # the most photos one rank's part can miss
-    wait_for_all(datetime.timedelta(seconds=1800 + SECONDS_PER_PHOTO_BOUND * slowest),
-                 what=f"the other ranks' foreground estimation ({missing} photos in all)")
-    return cache.build(pairs, progress=False, threads=threads, share=(0, 1))
+    wait_for_all(photo_work_timeout(slowest), what=f"the other ranks' foreground estimation ({missing} photos in all)")
+    return cache.build(pairs, progress=False, threads=threads)

@@ -6,7 +6,6 @@ N > 1 the processes join a group (NCCL on GPUs, gloo on the CPU). ``python scrip
 does the single-process thing (a reduction returns its input), so the training code never
 branches on it.
 """
-import contextlib
 import datetime
 import os
 import random
@@ -96,11 +95,6 @@ def is_main_process():
     return get_rank() == 0
 
 
-def barrier():
-    if is_dist_avail_and_initialized():
-        dist.barrier()
-
-
 def all_reduce_sum(tensor):
     """Sum ``tensor`` over the processes, in place, and return it (unchanged with one process)."""
     if is_dist_avail_and_initialized():
@@ -155,16 +149,6 @@ def broadcast_buffers(module, src=0):
         dist.broadcast(flat, src)
         for b, part in zip(same, flat.split([b.numel() for b in same])):
             b.detach().copy_(part.view_as(b))
-
-
-@contextlib.contextmanager
-def main_process_first():
-    """Run the block on rank 0 first, then on the others (e.g. building a shared cache once)."""
-    if not is_main_process():
-        barrier()
-    yield
-    if is_main_process():
-        barrier()
 
 
 def seed_everything(seed, rank=0):

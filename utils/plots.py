@@ -100,10 +100,3 @@ def preview_grid_png(previews, height=192):
         raise ValueError(f"could not encode a {grid.shape} preview grid as PNG")
     return png.tobytes()
 
-
-def save_preview_grid(previews, path, height=192):
-    """``preview_grid_png(previews, height)`` written to ``path`` (nothing when there are no previews)."""
-    png = preview_grid_png(previews, height)
-    if png:
-        with open(path, "wb") as f:
-            f.write(png)

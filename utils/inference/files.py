@@ -200,7 +200,7 @@ def _plan(inputs, output_dir, outputs, overwrite, report, note):
     """(input, kinds to write) for each input; skips and name clashes go into ``report``."""
     jobs, owner = [], {}
     for item in inputs:
-        key = os.path.normcase(os.path.splitext(item.name)[0])
+        key = output_key(item.name)
         if key in owner:
             report.failed.append((item.name, f"its outputs would overwrite those of {owner[key]}; rename one"))
             note(f"failed: {item.path}: output name clashes with {owner[key]}")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from model import unwrap
 from model.blocks import REBNCONV
 from utils.constants import PRECISIONS, REFINE_METHODS
-from utils.device import cuda_bf16_native
+from utils.device import cpu_bf16_native, cuda_bf16_native
 
 from .onnx_model import OnnxModel
 from .preprocess import alpha_to_size, network_input_size, preprocess  # noqa: F401  (re-exported)
@@ -84,7 +84,7 @@ def prepare_model(model, device="cpu", precision="fp32"):
     """
     device = torch.device(device)
     fused_op = (device.type == "cpu" and _fused_op_available()
-                and (precision == "fp32" or cpu_supports_bf16()))  # oneDNN refuses emulated bf16
+                and (precision == "fp32" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())))  # oneDNN's own bf16 check
     names = [name for name, module in model.named_modules() if isinstance(module, REBNCONV)]
     for name in names:
         parent_name, _, child = name.rpartition(".")
@@ -100,11 +100,6 @@ def prepare_model(model, device="cpu", precision="fp32"):
     return model
 
 
-def cpu_supports_bf16():
-    """True where oneDNN runs bf16 natively (AVX512-BF16 or AMX); elsewhere it is emulated."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 def check_precision(device, precision):
     """Raise ValueError for a precision the device cannot run; returns a warning string or None."""
     device = torch.device(device)
@@ -113,7 +108,7 @@ def check_precision(device, precision):
     if device.type == "cpu":
         if precision == "fp16":
             raise ValueError("fp16 needs a CUDA device; on a CPU use --precision bf16 (or fp32)")
-        if precision == "bf16" and not cpu_supports_bf16():
+        if precision == "bf16" and not cpu_bf16_native():
             return ("this CPU has no native bf16 (avx512_bf16 or amx): bf16 would be emulated, "
                     "some 15x slower than fp32")
     elif device.type == "cuda" and precision == "bf16" and not cuda_bf16_native(device):

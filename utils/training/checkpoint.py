@@ -21,9 +21,9 @@ import warnings
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from model import CheckpointError, load_state_dict_any, load_weights, unwrap
+from utils.distributed import gather_objects
 from utils.fileio import atomic_open
 
 CHECKPOINT_NAME = "checkpoint.pth"
@@ -73,12 +73,7 @@ def restore_rng_state(state):
 
 def gather_rng_states():
     """Every rank's RNG state, in rank order (a collective call under torchrun)."""
-    state = capture_rng_state()
-    if not (dist.is_available() and dist.is_initialized()):
-        return [state]
-    states = [None] * dist.get_world_size()
-    dist.all_gather_object(states, state)
-    return states
+    return gather_objects(capture_rng_state())
 
 
 # ---- checkpoint.pth ------------------------------------------------------------------------

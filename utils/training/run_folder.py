@@ -42,8 +42,8 @@ from utils.plots import preview_grid_png, save_curves
 from utils.runs import run_settings_path
 from utils.settings import SettingsError, add_settings_arguments, build_settings, settings_to_dict
 from model import CheckpointError
-from .checkpoint import (CHECKPOINT_NAME, atomic_save, gather_rng_states, load_starting_weights,
-                         plain_state_dict, save_checkpoint)
+from .checkpoint import (atomic_save, gather_rng_states, has_checkpoint, load_starting_weights, plain_state_dict,
+                         save_checkpoint)
 from .engine import VAL_METRICS
 
 COLUMNS = ("epoch", "lr", "mix_ratio", "train_loss", "train_fused", "train_sides", "train_unknown",
@@ -115,7 +115,7 @@ def load_start(net, settings, choose, is_main=True):
     """
     if not settings.resume:
         path = choose()
-    elif os.path.isfile(os.path.join(settings.resume, CHECKPOINT_NAME)):
+    elif has_checkpoint(settings.resume):
         return None
     else:
         path = _recorded_start(settings.resume, choose)
