@@ -88,17 +88,24 @@ def _options(method, defaults, options):
     return {**defaults, **options}
 
 
-def check_options(method, options):
-    """Raise ValueError, naming it, for an unknown method or option (before any work)."""
+def _method_options(method, options):
+    """The keyword arguments of ``method``'s function: ``options`` over its defaults (for
+    ``matting``, the ``guided_`` ones go to its ``guided`` argument). Raises ValueError naming an
+    unknown method or option."""
     if method not in REFINE_METHODS:
         raise ValueError(f"refine method must be one of {REFINE_METHODS}, got {method!r}")
     if method == "none":
-        _options(method, {}, options)
-    elif method == "guided":
-        _options(method, GUIDED_DEFAULTS, options)
-    else:
-        _options("guided", GUIDED_DEFAULTS, {k[7:]: v for k, v in options.items() if k.startswith("guided_")})
-        _options(method, MATTING_DEFAULTS, {k: v for k, v in options.items() if not k.startswith("guided_")})
+        return _options(method, {}, options)
+    if method == "guided":
+        return _options(method, GUIDED_DEFAULTS, options)
+    guided = {k[len("guided_"):]: v for k, v in options.items() if k.startswith("guided_")}
+    rest = {k: v for k, v in options.items() if not k.startswith("guided_")}
+    return {**_options(method, MATTING_DEFAULTS, rest), "guided": _options("guided", GUIDED_DEFAULTS, guided)}
+
+
+def check_options(method, options):
+    """Raise ValueError, naming it, for an unknown method or option (before any work)."""
+    _method_options(method, options)
 
 
 # ---------------------------------------------------------------- the public function
@@ -123,19 +130,11 @@ def refine_alpha(image, coarse, method="guided", **options):
     >>> alpha.shape, alpha.dtype
     ((600, 800), dtype('float32'))
     """
-    if method not in REFINE_METHODS:
-        raise ValueError(f"refine method must be one of {REFINE_METHODS}, got {method!r}")
+    kwargs = _method_options(method, options)
     image, coarse = _check_inputs(image, coarse)
-    height, width = image.shape[:2]
     if method == "none":
-        _options(method, {}, options)
-        return alpha_to_size(coarse, height, width)
-    if method == "guided":
-        return guided_refine(image, coarse, **_options(method, GUIDED_DEFAULTS, options))
-    guided = {k[len("guided_"):]: v for k, v in options.items() if k.startswith("guided_")}
-    rest = {k: v for k, v in options.items() if not k.startswith("guided_")}
-    return matting_refine(image, coarse, guided=_options("guided", GUIDED_DEFAULTS, guided),
-                          **_options(method, MATTING_DEFAULTS, rest))
+        return alpha_to_size(coarse, *image.shape[:2])
+    return (guided_refine if method == "guided" else matting_refine)(image, coarse, **kwargs)
 
 
 # ---------------------------------------------------------------- guided
@@ -210,12 +209,16 @@ def trimap_from_coarse(coarse, height, width, *, band, low, high):
     band's half-width is ``band`` coarse pixels in full-resolution pixels (the photo's scale
     over the coarse alpha's), at least 2 px.
     """
-    alpha = alpha_to_size(coarse, height, width)
     scale = max(height / coarse.shape[0], width / coarse.shape[1])
-    k = max(2, int(round(band * scale)))
+    return _trimap(alpha_to_size(coarse, height, width), max(2, int(round(band * scale))), low, high)
+
+
+def _trimap(alpha, k, low, high):
+    """(fg, unknown) bool masks: alpha >= ``high`` eroded by ``k`` px; alpha > ``low`` dilated
+    by ``k`` px, minus fg."""
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
-    fg = cv2.erode((alpha >= high).astype(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE).astype(bool)
-    some = cv2.dilate((alpha > low).astype(np.uint8), kernel).astype(bool)
+    fg = cv2.erode((alpha >= high).view(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE).view(bool)
+    some = cv2.dilate((alpha > low).view(np.uint8), kernel).view(bool)
     return fg, some & ~fg
 
 
@@ -251,10 +254,7 @@ def matting_refine(image, coarse, guided, *, band, low, high, eps, max_band, tol
     if scale == 1.0:
         return alpha
     up = alpha_to_size(alpha, height, width)
-    k = max(1, int(np.ceil(margin / scale)))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
-    fg = cv2.erode((up >= high).view(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE).view(bool)
-    unknown = cv2.dilate((up > low).view(np.uint8), kernel).view(bool) & ~fg
+    fg, unknown = _trimap(up, max(1, int(np.ceil(margin / scale))), low, high)
     alpha = fg.astype(np.float32)
     if unknown.any():
         alpha[unknown] = _solve_band(image, unknown, fg, up, eps, tol, max_iter)
