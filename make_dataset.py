@@ -38,18 +38,19 @@ import time
 REPO = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, REPO)
 
+from data_loader.foreground import BACKGROUND_DIR, EASY_BACKGROUND_DIR, MASK_DIR, PHOTO_DIR  # noqa: E402
 from data_loader.foreground_cache import photo_work_timeout  # noqa: E402
 from data_loader.indexing import DatasetError  # noqa: E402
 from data_loader.splits import SPLITS  # noqa: E402
 from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES  # noqa: E402
 from utils.distributed import cleanup, gather_objects, init_distributed_mode, wait_for_all  # noqa: E402
-from utils.inference.dataset import (BACKGROUND_DIR, DatasetReport, DatasetWriter, Manifest,  # noqa: E402
+from utils.inference.dataset import (DatasetReport, DatasetWriter, Manifest,  # noqa: E402
                                      QualityRule, copy_backgrounds, make_composites, plan_photos)
 from utils.inference.files import collect_inputs, matte_files, share_inputs  # noqa: E402
 from utils.inference.onnx_model import load_any_model  # noqa: E402
 from utils.runs import choose_weights, network_size  # noqa: E402
 
-NOT_CATEGORIES = (BACKGROUND_DIR, "background_easy", "composites")
+NOT_CATEGORIES = (BACKGROUND_DIR, EASY_BACKGROUND_DIR, "composites")
 DEFAULT_REFINE = "guided"  # apply.py's: the same alpha from the same command
 
 
@@ -92,7 +93,7 @@ def check_args(args):
     category = args.category.replace("\\", "/").strip("/")
     parts = category.split("/")
     if not category or os.path.isabs(args.category) or any(p in ("", ".", "..") or p.startswith(".") for p in parts) \
-            or parts[0] in NOT_CATEGORIES or "raw_image" in parts or "mask_image" in parts:
+            or parts[0] in NOT_CATEGORIES or PHOTO_DIR in parts or MASK_DIR in parts:
         raise ValueError(f"--category {args.category!r}: a relative folder name, not hidden, "
                          f"not {', '.join(NOT_CATEGORIES)}")
     args.category = category

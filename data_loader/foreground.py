@@ -24,19 +24,21 @@ from .indexing import (DatasetError, SkipReport, check_image, check_pair, list_i
 from .splits import in_split, stable_choice
 from .trimap import random_kernel_size
 
-_NOT_CATEGORIES = ("background", "background_easy")
-_PHOTO_DIR, _MASK_DIR = "raw_image", "mask_image"
+# the layout's folder names (make_dataset.py writes them too)
+PHOTO_DIR, MASK_DIR = "raw_image", "mask_image"
+BACKGROUND_DIR, EASY_BACKGROUND_DIR = "background", "background_easy"
+_NOT_CATEGORIES = (BACKGROUND_DIR, EASY_BACKGROUND_DIR)
 
 
 def find_categories(root):
     """Sorted relative paths (``.`` for the root itself) of folders holding ``raw_image/``."""
     found = []
     for dirpath, dirnames, _ in os.walk(root):
-        if _PHOTO_DIR in dirnames:
+        if PHOTO_DIR in dirnames:
             found.append(os.path.relpath(dirpath, root).replace(os.sep, "/"))
         top = dirpath == root
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and d not in (_PHOTO_DIR, _MASK_DIR) and not (top and d in _NOT_CATEGORIES))
+                             and d not in (PHOTO_DIR, MASK_DIR) and not (top and d in _NOT_CATEGORIES))
     return sorted(found)
 
 
@@ -48,20 +50,20 @@ def index_foregrounds(root, split, image_num=None):
     """Checked photo/mask pairs of ``split`` over all categories -> (list of Pair, SkipReport)."""
     categories = find_categories(root)
     if not categories:
-        raise DatasetError(f"no category folder (a sub-folder holding {_PHOTO_DIR}/) under {root}")
+        raise DatasetError(f"no category folder (a sub-folder holding {PHOTO_DIR}/) under {root}")
     candidates = []  # (name relative to root, photo path, mask path)
     for category in categories:
         masks = {}
-        mask_dir = os.path.join(root, category, _MASK_DIR)
+        mask_dir = os.path.join(root, category, MASK_DIR)
         for rel in (list_images(mask_dir) if os.path.isdir(mask_dir) else []):
             stem = os.path.splitext(rel)[0]
             if stem not in masks or rel.lower().endswith(".png"):
                 masks[stem] = os.path.join(mask_dir, rel)
-        for rel in list_images(os.path.join(root, category, _PHOTO_DIR)):
+        for rel in list_images(os.path.join(root, category, PHOTO_DIR)):
             mask = masks.get(os.path.splitext(rel)[0], os.path.join(mask_dir, os.path.splitext(rel)[0] + ".png"))
-            candidates.append((_join(category, _PHOTO_DIR, rel), os.path.join(root, category, _PHOTO_DIR, rel), mask))
+            candidates.append((_join(category, PHOTO_DIR, rel), os.path.join(root, category, PHOTO_DIR, rel), mask))
     if not candidates:
-        raise DatasetError(f"no photos in the {_PHOTO_DIR}/ folders of {root} (categories: {', '.join(categories)})")
+        raise DatasetError(f"no photos in the {PHOTO_DIR}/ folders of {root} (categories: {', '.join(categories)})")
     total = len(candidates)
     candidates = sorted(c for c in candidates if in_split(c[0], split))
     if not candidates:
@@ -128,8 +130,8 @@ class ForegroundDataset(MattingDataset):
         super().__init__(root, split, image_size, crop_size, seed, augment)
         schedule = E2HSchedule() if schedule is None else schedule
         self.schedule = E2HSchedule(schedule) if isinstance(schedule, str) else schedule
-        self.hard = index_backgrounds(self.root, "background", split, background_num)
-        self.easy = index_backgrounds(self.root, "background_easy", split, background_num, required=False)
+        self.hard = index_backgrounds(self.root, BACKGROUND_DIR, split, background_num)
+        self.easy = index_backgrounds(self.root, EASY_BACKGROUND_DIR, split, background_num, required=False)
         pairs, self.skipped = index_foregrounds(self.root, split, image_num)
         work_side = math.ceil(self.image_size * self.augment.max_scale) if self.training else None
         self.cache = ForegroundCache(cache_dir or default_cache_dir(self.root), work_short_side=work_side)

@@ -32,11 +32,12 @@ class ImageReadError(ValueError):
 @dataclass(frozen=True)
 class ImageHeader:
     """What a header read tells: ``size`` (width, height) as displayed (EXIF applied),
-    ``raw_size`` as stored, PIL ``mode`` and its ``bands``."""
+    ``raw_size`` as stored, PIL ``mode``, its ``bands`` and the EXIF ``orientation`` (1: as stored)."""
     size: tuple
     raw_size: tuple
     mode: str
     bands: tuple
+    orientation: int = 1
 
     @property
     def has_alpha(self):
@@ -69,7 +70,8 @@ def read_header(path):
         if im.mode == "P" and "transparency" in im.info:
             bands = ("R", "G", "B", "A")
         size = im.size[::-1] if orientation in _SWAPPING_ORIENTATIONS else im.size
-        return ImageHeader(size=tuple(size), raw_size=tuple(im.size), mode=im.mode, bands=tuple(bands))
+        return ImageHeader(size=tuple(size), raw_size=tuple(im.size), mode=im.mode, bands=tuple(bands),
+                           orientation=orientation or 1)
 
 
 def _load(path, exif, min_short_side=None):

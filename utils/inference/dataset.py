@@ -29,11 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from data_loader.compositing import composite, cover_background, to_unit
-from data_loader.foreground import index_backgrounds, index_foregrounds
+from data_loader.foreground import BACKGROUND_DIR, MASK_DIR, PHOTO_DIR, index_backgrounds, index_foregrounds
 from data_loader.foreground_cache import ForegroundCache, default_cache_dir
 from data_loader.image_io import ImageReadError, read_alpha, read_header, read_rgb
 from data_loader.indexing import DatasetError, Pair, list_images
@@ -45,9 +44,7 @@ MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("source", "name", "weights", "refine", "foreground", "uncertain", "status", "reason")
 STATUSES = ("ok", "left_out", "failed")
 PARTS_DIR = ".manifest_parts"
-PHOTO_DIR, MASK_DIR, BACKGROUND_DIR = "raw_image", "mask_image", "background"
 SURE_BACKGROUND, SURE_FOREGROUND = 0.05, 0.95  # alpha outside (0.05, 0.95) counts as certain
-_ORIENTATION_TAG = 0x0112
 
 
 # ---------------------------------------------------------------- quality of a matte
@@ -104,9 +101,8 @@ def mask_name(name):
 def is_turned(path):
     """True when the photo's EXIF orientation changes its pixels (orientation tag 2..8)."""
     try:
-        with Image.open(path) as im:
-            return im.getexif().get(_ORIENTATION_TAG, 1) not in (1, None)
-    except (OSError, ValueError, SyntaxError):
+        return read_header(path).orientation != 1
+    except ImageReadError:
         return False
 
 
