@@ -7,7 +7,6 @@ type). Easy backgrounds: ``<root>/background_easy/`` if present, else random sol
 Every training sample is ``alpha * fg + (1 - alpha) * (r * hard + (1 - r) * easy)`` with r the
 schedule's ratio at the current epoch, composited on the crop only.
 """
-import hashlib
 import math
 import os
 import warnings
@@ -21,7 +20,7 @@ from .foreground_cache import ForegroundCache, build_shared, default_cache_dir
 from .image_io import ImageReadError, read_alpha, read_rgb
 from .indexing import (DatasetError, SkipReport, check_image, check_pair, list_images, require_dir,
                        select_valid)
-from .splits import in_split, stable_choice
+from .splits import in_split, key_seed, stable_choice
 from .trimap import random_kernel_size
 
 # the layout's folder names (make_dataset.py writes them too)
@@ -100,11 +99,6 @@ def index_backgrounds(root, folder, split, cap=None, required=True):
         raise DatasetError(f"no readable background in {path}: " + report.message(len(chosen)))
     report.warn(len(chosen), stacklevel=3)
     return kept
-
-
-def _key_seed(key):
-    """A 64-bit seed from a text key (md5), the same in every process."""
-    return int.from_bytes(hashlib.md5(key.encode("utf-8")).digest()[:8], "big")
 
 
 class ForegroundDataset(MattingDataset):
@@ -197,10 +191,10 @@ class ForegroundDataset(MattingDataset):
         hard = easy = None
         if ratio > 0:
             name = stable_choice(key, self.hard)
-            rng = np.random.default_rng(_key_seed(key))
+            rng = np.random.default_rng(key_seed(key))
             hard = to_unit(cover_background(self._read_background(self.hard, self.hard.index(name)), *alpha.shape, rng))
         if ratio < 1:
-            rng = np.random.default_rng(_key_seed(key + ":easy"))
+            rng = np.random.default_rng(key_seed(key + ":easy"))
             if self.easy:
                 name = stable_choice(key, self.easy)
                 easy = to_unit(cover_background(self._read_background(self.easy, self.easy.index(name)), *alpha.shape, rng))

@@ -10,10 +10,15 @@ SPLITS = ("train", "val", "test", "all")
 TRAIN_BUCKETS = 90
 
 
+def key_seed(key):
+    """A 64-bit number from a text key (the first 8 bytes of its md5), the same in every
+    process and run: the seed of everything the project fixes by a name."""
+    return int.from_bytes(hashlib.md5(key.encode("utf-8")).digest()[:8], "big")
+
+
 def split_bucket(relpath):
     """Bucket 0..99 of a relative path (``/`` separators; ``\\`` is normalised)."""
-    key = str(relpath).replace("\\", "/").encode("utf-8")
-    return int.from_bytes(hashlib.md5(key).digest()[:8], "big") % 100
+    return key_seed(str(relpath).replace("\\", "/")) % 100
 
 
 def check_split(split):

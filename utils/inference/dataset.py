@@ -19,7 +19,6 @@ split over N backgrounds, scaled to cover and cropped, seeded per file), and
 """
 import csv
 import glob
-import hashlib
 import os
 import shutil
 import threading
@@ -36,9 +35,10 @@ from data_loader.foreground import BACKGROUND_DIR, MASK_DIR, PHOTO_DIR, index_ba
 from data_loader.foreground_cache import ForegroundCache, default_cache_dir
 from data_loader.image_io import ImageReadError, read_alpha, read_header, read_rgb
 from data_loader.indexing import DatasetError, Pair, list_images
+from data_loader.splits import key_seed
 from utils.fileio import atomic_open
 from .cutout import alpha_to_uint8
-from .files import MatteReport, output_key, write_png
+from .files import MatteReport, clash_reason, separate_clashes, write_png
 
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("source", "name", "weights", "refine", "foreground", "uncertain", "status", "reason")
@@ -289,13 +289,10 @@ def plan_photos(inputs, rows, manifest, category, overwrite):
     Two inputs whose outputs would overwrite each other: the first is kept, the other fails.
     A photo is done when its row is of ``category`` and says so, and its files are in place
     (``Manifest.is_done``)."""
-    todo, clashes, before, owner = [], [], 0, {}
+    inputs, clashes = separate_clashes(inputs)
+    clashes = [(item, clash_reason(owner)) for item, owner in clashes]
+    todo, before = [], 0
     for item in inputs:
-        key = output_key(item.name)
-        if key in owner:
-            clashes.append((item, f"its outputs would overwrite those of {owner[key]}; rename one"))
-            continue
-        owner[key] = item.path
         row = rows.get(os.path.abspath(item.path))
         if not overwrite and row and row["name"].startswith(f"{category}/{PHOTO_DIR}/") and manifest.is_done(row):
             before += 1
@@ -337,8 +334,7 @@ def copy_backgrounds(folder, root, link=False, share=(0, 1)):
 def composite_rng(seed, name):
     """The random stream of one foreground's composites: from ``seed`` and its name only, so
     the files do not depend on the order, the other files or the number of processes."""
-    digest = hashlib.md5(f"{seed}:{name}".encode("utf-8")).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
+    return np.random.default_rng(key_seed(f"{seed}:{name}"))
 
 
 def composite_names(name, count):

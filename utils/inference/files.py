@@ -129,6 +129,25 @@ def output_key(name):
     return os.path.normcase(os.path.splitext(name)[0])
 
 
+def separate_clashes(inputs):
+    """``(kept, clashes)``: the inputs in order, but for those whose outputs would overwrite an
+    earlier input's, which go to ``clashes`` as ``(item, path of that earlier input)``."""
+    kept, clashes, owner = [], [], {}
+    for item in inputs:
+        key = output_key(item.name)
+        if key in owner:
+            clashes.append((item, owner[key]))
+        else:
+            owner[key] = item.path
+            kept.append(item)
+    return kept, clashes
+
+
+def clash_reason(owner):
+    """Why an input whose outputs would overwrite those of input ``owner`` (a path) fails."""
+    return f"its outputs would overwrite those of {owner}; rename one"
+
+
 def share_inputs(inputs, rank, world_size):
     """This process's share of ``inputs`` under torchrun: each file goes to exactly one of
     ``world_size`` processes, by the index of its output name (``output_key``) in input order
@@ -198,14 +217,12 @@ def _network(model, device, precision, size, resize):
 
 def _plan(inputs, output_dir, outputs, overwrite, report, note):
     """(input, kinds to write) for each input; skips and name clashes go into ``report``."""
-    jobs, owner = [], {}
+    inputs, clashes = separate_clashes(inputs)
+    for item, owner in clashes:
+        report.failed.append((item.name, clash_reason(owner)))
+        note(f"failed: {item.path}: output name clashes with {owner}")
+    jobs = []
     for item in inputs:
-        key = output_key(item.name)
-        if key in owner:
-            report.failed.append((item.name, f"its outputs would overwrite those of {owner[key]}; rename one"))
-            note(f"failed: {item.path}: output name clashes with {owner[key]}")
-            continue
-        owner[key] = item.path
         kinds = [k for k in outputs if overwrite or not os.path.exists(output_path(output_dir, k, item.name))]
         if not outputs:  # only ``on_alpha``: its caller decided what to do
             jobs.append((item, kinds))
