@@ -32,7 +32,6 @@ resized, as before refinement existed.
 """
 import argparse
 import ctypes
-import datetime
 import os
 import sys
 import time
@@ -153,9 +152,10 @@ def gather_report(report, dist, files):
     """Every process's report merged (each process gets the same); ``report`` with one process."""
     if dist is None:
         return report
+    from data_loader.foreground_cache import photo_work_timeout
     from utils.distributed import gather_objects, wait_for_all
 
-    wait_for_all(datetime.timedelta(minutes=30, seconds=60 * len(files)), "the other processes' photos")
+    wait_for_all(photo_work_timeout(len(files)), "the other processes' photos")
     return MatteReport.merge(gather_objects(report))
 
 

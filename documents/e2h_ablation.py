@@ -59,7 +59,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-SCHEDULES = ("step", "linear", "none")
+from utils.constants import E2H_SCHEDULES  # noqa: E402
+from utils.runs import read_run_settings  # noqa: E402
+
+SCHEDULES = E2H_SCHEDULES  # the arms: every e2h schedule, "none" the baseline
 LABELS = {"step": "e2h step (seed's)", "linear": "e2h linear", "none": "no e2h"}
 TEST_SEED = 0  # held-out composites: the same backgrounds for every run
 PRESETS = {
@@ -215,8 +218,7 @@ def test(run, ratio, test_sets, log_path, threads=None, echo=True):
     output = os.path.join(run, f"test_last_epoch_r{ratio:g}")
     if os.path.isfile(os.path.join(output, "summary.json")):
         return output
-    with open(os.path.join(run, "settings.json")) as f:
-        settings = json.load(f)
+    settings = read_run_settings(run)
     weights = f"{settings['model_name']}_epoch{settings['epoch_num'] - 1}.pth"
     inherited = {k: settings[k] for k in ("dataset_path", "image_size", "device", "arch")}
     cmd = [sys.executable, "test_stage2.py", "--output", output, "--save-predictions", "--grid-rows", "3"]
@@ -234,8 +236,7 @@ def measure_run(run, max_images=None):
     from data_loader import E2HSchedule, ForegroundDataset
     from model import load_model
     from utils.inference.predict import predict_alphas
-    with open(os.path.join(run, "settings.json")) as f:
-        s = json.load(f)
+    s = read_run_settings(run)
     schedule = E2HSchedule(s["e2h"]["schedule"], s["update_ratio_epoch"], s["e2h"]["ramp_epochs"])
     ds = ForegroundDataset(s["dataset_path"], "val", seed=TEST_SEED, progress=False)
     n = min(len(ds), max_images or len(ds))
