@@ -43,7 +43,7 @@ from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES  # noqa:
 from utils.inference.cutout import parse_background  # noqa: E402
 from utils.inference.files import OUTPUT_KINDS, MatteReport, collect_inputs, matte_files, share_inputs  # noqa: E402
 from utils.inference.onnx_model import OnnxModel, is_onnx_path, load_any_model  # noqa: E402
-from utils.runs import choose_weights, network_size  # noqa: E402
+from utils.runs import TRAINED, choose_weights, network_size  # noqa: E402
 
 DEFAULT_REFINE = "guided"  # benchmarks/refine.py: sharper edges for ~0.1 s a photo; README has the figures
 
@@ -108,7 +108,7 @@ def tune_malloc():
 def resolve_model_path(path):
     """--model as given, else the newest best.pth of stage 2, else of stage 1 (in the working
     folder or beside apply.py); None if none."""
-    return choose_weights(path, newest_of=("results_stage2", "results_stage1"), roots=(os.getcwd(), REPO))
+    return choose_weights(path, newest_of=TRAINED, roots=(os.getcwd(), REPO))
 
 
 def load_network(args):

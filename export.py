@@ -37,7 +37,7 @@ import torch.nn as nn
 from model import CheckpointError, load_model
 from utils.constants import IMAGENET_MEAN, IMAGENET_STD
 from utils.inference.onnx_model import OnnxModel, OnnxModelError
-from utils.runs import choose_weights, network_size
+from utils.runs import TRAINED, choose_weights, network_size
 
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
@@ -184,7 +184,7 @@ def export(net, output, fmt="onnx", size=320, opset=17, precision="fp32", all_ou
 def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
-    weights = choose_weights(args.model, newest_of=("results_stage2", "results_stage1"))
+    weights = choose_weights(args.model, newest_of=TRAINED)
     try:
         if weights is None:
             raise ExportError("no weights: pass --model FILE, or train one (python train_stage2.py)")

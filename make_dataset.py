@@ -48,7 +48,7 @@ from utils.inference.dataset import (DatasetReport, DatasetWriter, Manifest,  # 
                                      QualityRule, copy_backgrounds, make_composites, plan_photos)
 from utils.inference.files import collect_inputs, matte_files, share_inputs  # noqa: E402
 from utils.inference.onnx_model import load_any_model  # noqa: E402
-from utils.runs import choose_weights, network_size  # noqa: E402
+from utils.runs import TRAINED, choose_weights, network_size  # noqa: E402
 
 NOT_CATEGORIES = (BACKGROUND_DIR, EASY_BACKGROUND_DIR, "composites")
 DEFAULT_REFINE = "guided"  # apply.py's: the same alpha from the same command
@@ -112,7 +112,7 @@ def check_args(args):
 
 def load_network(args, device):
     """(model, its file) for ``--model`` (else the newest trained best.pth); ValueError if none."""
-    path = choose_weights(args.model, newest_of=("results_stage2", "results_stage1"), roots=(os.getcwd(), REPO))
+    path = choose_weights(args.model, newest_of=TRAINED, roots=(os.getcwd(), REPO))
     if path is None:
         raise ValueError("no model found: pass --model FILE (U2NET/U2NETP weights, e.g. the original "
                          "U-2-Net's u2net.pth, or results_stage*/<run>/model/best.pth)")
@@ -122,7 +122,7 @@ def load_network(args, device):
     return load_any_model(path, device=str(device), threads=args.threads), path
 
 
-def make_photos(args, dist, rule, model, model_path, manifest):
+def matte_photos(args, dist, rule, model, model_path, manifest):
     """Matte this process's share of the photos into the dataset -> (DatasetReport, count)."""
     files, problems = collect_inputs(args.input, recursive=args.recursive, exclude=args.output)
     todo, clashes, before = plan_photos(share_inputs(files, dist.rank, dist.world_size), manifest.load(),
@@ -162,7 +162,7 @@ def make(args, dist, rule, start):
     if dist.is_main:
         manifest.fold()  # rows of an interrupted run, so that every process reads them
     wait_for_all(datetime.timedelta(minutes=10), "rank 0 to read the manifest")
-    report, count = make_photos(args, dist, rule, model, model_path, manifest)
+    report, count = matte_photos(args, dist, rule, model, model_path, manifest)
     if args.backgrounds:
         copied = copy_backgrounds(args.backgrounds, args.output, args.link_backgrounds,
                                   (dist.rank, dist.world_size))

@@ -126,7 +126,7 @@ def child(path, method, options_json, out_path):
     print(json.dumps({"seconds": seconds, "cpu_s": cpu, "base_mb": base, "peak_mb": _status_mb("VmHWM")}))
 
 
-def measure(path, method, options, out_path):
+def measure_method(path, method, options, out_path):
     """Run ``child`` in a fresh process -> dict(seconds, base_mb, peak_mb)."""
     command = [sys.executable, os.path.abspath(__file__), "--child", path, method, json.dumps(options), out_path]
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -219,7 +219,7 @@ def main(argv=None):
                     if method == "rembg" and megapixels > args.rembg_max_mp:
                         continue
                     out = os.path.join(tmp, f"{name}_{method}.npy")
-                    result = measure(path, method, options.get(method, {}), out)
+                    result = measure_method(path, method, options.get(method, {}), out)
                     row = {"photo": name, "megapixels": megapixels, "shape": f"{photo.shape[1]}x{photo.shape[0]}",
                            "method": method, **score(np.load(out), truth, trimap), **result}
                     os.remove(out)

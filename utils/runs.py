@@ -16,6 +16,7 @@ import json
 import os
 
 SETTINGS_FILE = "settings.json"
+TRAINED = ("results_stage2", "results_stage1")  # where trained weights are looked for, newest stage first
 
 
 def named_weights(model_path, pth_name):
@@ -35,7 +36,7 @@ def newest_best_weights(results_dir):
     return max(found, key=os.path.getmtime) if found else None
 
 
-def find_newest_weights(roots=(".",), stages=("results_stage2", "results_stage1")):
+def find_newest_weights(roots=(".",), stages=TRAINED):
     """The newest ``<root>/<stage>/<run>/model/best.pth`` over ``roots`` for the first stage in
     ``stages`` that has any, as found under the first root holding it; None when there is none."""
     for stage in stages:
