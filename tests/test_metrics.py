@@ -150,6 +150,18 @@ def test_conn_of_an_empty_prediction_is_penalised():
     assert connectivity_error(np.zeros_like(gt), gt) == pytest.approx(100 / 1000)
 
 
+def test_conn_without_any_common_pixel_works_on_every_opencv():
+    # the first threshold's bounding box is then (0,0); OpenCV 5 refuses an empty image
+    from utils.metrics import _largest_component
+    assert _largest_component(np.zeros((0, 0), bool)).shape == (0, 0)
+    assert not _largest_component(np.zeros((3, 4), bool)).any()
+    zeros = np.zeros((6, 7), np.float32)
+    assert connectivity_error(zeros, zeros) == 0.0
+    half = zeros.copy()
+    half[:, :3] = 1
+    assert connectivity_error(zeros, half) == pytest.approx(18 / 1000)
+
+
 # ---- regions, inputs --------------------------------------------------------------------------------
 def test_region_metrics_by_hand():
     gt = np.zeros((4, 6), np.float32)

@@ -129,6 +129,8 @@ def _largest_component(mask):
 
     Ties go to the component met first in column-major order, as MATLAB's ``bwconncomp`` + ``max``.
     """
+    if not mask.any():  # also a (0,0) mask, which OpenCV 5's connectedComponents refuses
+        return np.zeros_like(mask)
     count, labels = cv2.connectedComponents(mask.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
     if count < 2:
         return np.zeros_like(mask)
