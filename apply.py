@@ -39,7 +39,9 @@ import time
 REPO = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, REPO)
 
+from data_loader import image_io  # noqa: E402
 from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES  # noqa: E402
+from utils.inference.core import MatteOptions, Matter, ModelOutputError, refine_options  # noqa: E402
 from utils.inference.cutout import parse_background  # noqa: E402
 from utils.inference.files import OUTPUT_KINDS, MatteReport, collect_inputs, matte_files, share_inputs  # noqa: E402
 from utils.inference.onnx_model import OnnxModel, is_onnx_path, load_any_model  # noqa: E402
@@ -85,6 +87,9 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=2, help="decoding threads (default: 2)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for the network on a CPU (default: the core count)")
+    p.add_argument("--max-pixels", type=int, default=getattr(image_io, "MAX_PIXELS", None),
+                   help="photos with more pixels fail, checked from the header before decoding "
+                        "(a decompression bomb costs nothing) (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -193,8 +198,13 @@ def run(args, dist):
         if os.path.exists(args.output) and not os.path.isdir(args.output):
             raise ValueError(f"--output {args.output}: exists and is not a folder")
         background = parse_background(args.background) if "composite" in outputs else None
+        if args.max_pixels is not None and args.max_pixels < 1:
+            raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
         model, model_path, device, batch_size = load_network(args)
         size, size_source = network_size(model_path, args.size, getattr(model, "input_size", None))
+        options = MatteOptions(size=size, resize=args.resize, device=str(device), precision=args.precision,
+                               batch_size=batch_size, workers=args.workers, refine=refine_options(args.refine))
+        matter = Matter(model, options, copy_model=False)  # the model loaded here is the core's to prepare
     except ValueError as err:  # so are CheckpointError, OnnxModelError and ImageReadError
         print(f"apply.py: error: {err}", file=sys.stderr)
         return 2
@@ -210,13 +220,12 @@ def run(args, dist):
               f"network input {size}x{size} (from {size_source})", file=sys.stderr)
     mine = share_inputs(files, dist.rank, dist.world_size) if dist else files
     try:
-        report = matte_files(model, mine, args.output, outputs=outputs, background=background,
-                             size=size, resize=args.resize, device=device, precision=args.precision,
-                             batch_size=batch_size, workers=args.workers, overwrite=args.overwrite,
-                             progress=not args.quiet and main_process, refine=args.refine)
-    except ValueError as err:  # up-front checks (size, precision, batch size)
-        print(f"apply.py: error: {err}", file=sys.stderr)
-        return 2
+        report = matte_files(matter, mine, args.output, outputs=outputs, background=background,
+                             overwrite=args.overwrite, progress=not args.quiet and main_process,
+                             max_pixels=args.max_pixels)
+    except ModelOutputError as err:  # the network's fault, not a photo's: every photo would fail
+        print(f"apply.py: error: {model_path}: {err}", file=sys.stderr)
+        report = MatteReport(failed=[("--model", f"{model_path}: {err}")])  # torchrun: still meet the others below
     report = gather_report(report, dist, mine)
     report.failed.extend((f"--input {spec}", reason) for spec, reason in problems)
     if main_process:

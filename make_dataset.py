@@ -7,8 +7,8 @@
     python train_stage2.py --set dataset_path=datasets/mine
     python test_stage2.py --images datasets/mine/composites/image --alphas datasets/mine/composites/alpha
 
-Every photo is matted as apply.py mattes it (``utils.inference.files.matte_files``: the same
-weights, network input and refinement give the same alpha), then written as
+Every photo is matted as apply.py mattes it (the inference core, ``utils.inference.core.Matter``:
+the same weights, network input and refinement give the same alpha), then written as
 ``<output>/<category>/raw_image/<name>`` (the photo's own bytes; a photo whose EXIF orientation
 turns it is written turned, as a lossless ``<stem>.png``) and ``<output>/<category>/mask_image/
 <stem>.png``. Its foreground colours go into the training loader's cache
@@ -35,18 +35,23 @@ import os
 import sys
 import time
 
+from tqdm import tqdm
+
 REPO = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, REPO)
 
 from data_loader.foreground import BACKGROUND_DIR, EASY_BACKGROUND_DIR, MASK_DIR, PHOTO_DIR  # noqa: E402
 from data_loader.foreground_cache import photo_work_timeout  # noqa: E402
+from data_loader.image_io import read_rgb  # noqa: E402
 from data_loader.indexing import DatasetError  # noqa: E402
 from data_loader.splits import SPLITS  # noqa: E402
 from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES  # noqa: E402
 from utils.distributed import cleanup, gather_objects, init_distributed_mode, wait_for_all  # noqa: E402
-from utils.inference.dataset import (DatasetReport, DatasetWriter, Manifest,  # noqa: E402
-                                     QualityRule, copy_backgrounds, make_composites, plan_photos)
-from utils.inference.files import collect_inputs, matte_files, share_inputs  # noqa: E402
+from data_loader import image_io  # noqa: E402
+from utils.inference.core import MatteOptions, Matter, ModelOutputError, refine_options  # noqa: E402
+from utils.inference.dataset_writer import (DatasetReport, DatasetWriter, Manifest,  # noqa: E402
+                                            QualityRule, copy_backgrounds, make_composites, plan_photos, printable)
+from utils.inference.files import collect_inputs, share_inputs  # noqa: E402
 from utils.inference.onnx_model import load_any_model  # noqa: E402
 from utils.runs import TRAINED, choose_weights, network_size  # noqa: E402
 
@@ -83,6 +88,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=None, help="photos per network call (default: 1 CPU, 8 CUDA)")
     p.add_argument("--workers", type=int, default=2, help="decoding threads (default: 2)")
     p.add_argument("--threads", type=int, default=None, help="network threads on a CPU")
+    p.add_argument("--max-pixels", type=int, default=getattr(image_io, "MAX_PIXELS", None),
+                   help="photos with more pixels fail, checked from the header (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="redo photos, backgrounds and composites")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -138,20 +145,30 @@ def matte_photos(args, dist, rule, model, model_path, manifest):
         print(f"{len(files)} photos, model {model_path}, {dist.world_size} process(es) on {dist.device}",
               file=sys.stderr)
     for item, reason in clashes:
-        print(f"failed: {item.path}: {reason}", file=sys.stderr)
+        print(f"failed: {printable(item.path)}: {reason}", file=sys.stderr)
         writer.fail(item, reason)
     batch_size = args.batch_size or (8 if dist.device.type == "cuda" else 1)
     size, _ = network_size(model_path, args.size, getattr(model, "input_size", None))
+    matter = Matter(model, MatteOptions(size=size, resize=args.resize, device=str(dist.device),
+                                        precision=args.precision, batch_size=batch_size, workers=args.workers,
+                                        refine=refine_options(args.refine)), copy_model=False)
+    load = (lambda item: read_rgb(item.path)) if args.max_pixels is None else \
+        (lambda item: read_rgb(item.path, max_pixels=args.max_pixels))
+    bar = tqdm(total=len(todo), unit="img", disable=args.quiet or not dist.is_main, dynamic_ncols=True)
     try:
-        report = matte_files(model, todo, args.output, outputs=(), on_alpha=writer, size=size,
-                             resize=args.resize, device=dist.device, precision=args.precision, batch_size=batch_size,
-                             workers=args.workers, overwrite=True, progress=not args.quiet and dist.is_main,
-                             refine=args.refine)
+        for done in matter.stream(todo, load):
+            if done.error is not None:
+                tqdm.write(f"failed: {printable(done.item.path)}: {done.error}", file=sys.stderr)
+                writer.fail(done.item, done.error)
+            else:
+                writer.write(done.item, done.image, done.alpha)
+            bar.update(1)
+    except ModelOutputError as err:  # the network's fault: every photo would fail; the others still meet below
+        print(f"make_dataset.py: error: {model_path}: {err}", file=sys.stderr)
+        writer.report.failed.append(("--model", f"{model_path}: {err}"))
     finally:
+        bar.close()
         writer.close()  # the foreground estimations still queued
-    by_name = {item.name: item for item in todo}
-    for name, reason in report.failed:  # unreadable, or the hook failed: no row yet
-        writer.fail(by_name[name], reason)
     return writer.report, len(files)
 
 
@@ -166,6 +183,8 @@ def make(args, dist, rule, start):
     if args.backgrounds:
         copied = copy_backgrounds(args.backgrounds, args.output, args.link_backgrounds,
                                   (dist.rank, dist.world_size))
+        for name, reason in copied.failed:  # named here: the manifest lists photos only
+            print(f"failed: {name}: {reason}", file=sys.stderr)
         report.backgrounds, report.failed = len(copied.done), report.failed + copied.failed
     wait = photo_work_timeout(count // dist.world_size + 1)  # for the slowest process
     wait_for_all(wait, "the other processes to finish their photos")

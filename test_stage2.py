@@ -42,8 +42,8 @@ from utils.device import resolve_device
 from utils.inference.evaluate import (EvaluationError, Extremes, PairDataset, derive_trimap, describe_unmatched,
                                       evaluate_sample, match_by_stem, mean_metrics, new_output_dir,
                                       panels, quantize, save_ranked_grid, to_uint8, write_json, write_metrics_csv)
-from utils.inference.onnx_model import OnnxModel, OnnxModelError, load_any_model
-from utils.inference.predict import predict_alphas
+from utils.inference.onnx_model import OnnxModelError, load_any_model
+from utils.inference.core import MatteOptions, Matter, refine_options
 from utils.metrics import METRIC_NAMES, REGION_METRIC_NAMES
 from utils.runs import choose_weights, network_size
 from utils.settings import load_settings, settings_to_dict
@@ -126,10 +126,11 @@ def main(argv=None):
     if not args.predictions:
         weights = find_weights(settings)
         model = load_any_model(weights, arch=settings.arch or None, device=device)  # .pth, or .onnx (onnxruntime)
-        if not isinstance(model, OnnxModel):
-            model = model.to(memory_format=torch.channels_last)
         # image_size, else the training run's own (so the scores match its validation), else 320
         size, size_source = network_size(weights, settings.image_size, getattr(model, "input_size", None))
+        matter = Matter(model, MatteOptions(size=size, device=str(device), precision=settings.precision,
+                                            batch_size=settings.batch_size, refine=refine_options(settings.refine)),
+                        copy_model=False)  # the same core as apply.py: the same alphas
     output = args.output or new_output_dir(weights)
     os.makedirs(output, exist_ok=True)
     print(f"evaluating {len(data)} images: {description}\nweights: {weights or 'none (scoring --predictions)'}"
@@ -142,9 +143,7 @@ def main(argv=None):
             preds = [sample["pred"] for sample in batch]
         else:
             images = [sample["image"] for sample in batch]
-            preds = [quantize(p) for p in predict_alphas(model, images, size=size, device=device,
-                                                          precision=settings.precision, batch_size=settings.batch_size,
-                                                          refine=settings.refine)]
+            preds = [quantize(p) for p in matter.predict(images)]
         for sample, pred in zip(batch, preds):
             name, alpha = sample["name"], sample["alpha"]
             trimap = sample["trimap"] if sample["trimap"] is not None else derive_trimap(alpha)

@@ -235,7 +235,7 @@ def measure_run(run, max_images=None):
     import torch
     from data_loader import E2HSchedule, ForegroundDataset
     from model import load_model
-    from utils.inference.predict import predict_alphas
+    from utils.inference.core import predict_alphas
     s = read_run_settings(run)
     schedule = E2HSchedule(s["e2h"]["schedule"], s["update_ratio_epoch"], s["e2h"]["ramp_epochs"])
     ds = ForegroundDataset(s["dataset_path"], "val", seed=TEST_SEED, progress=False)

@@ -20,7 +20,7 @@ from model import load_model
 from utils.inference.cutout import (alpha_to_uint8, composite_over, cutout_rgba, estimate_foreground_colours,
                                     fit_background, parse_background)
 from utils.inference.files import collect_inputs
-from utils.inference.predict import predict_alphas
+from utils.inference.core import predict_alphas
 from utils.runs import find_newest_weights
 
 SIZE = ["--size", "64"]  # a small network input keeps the tests fast

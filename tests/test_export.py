@@ -24,7 +24,7 @@ import test_stage2
 from model import build_model, load_model
 from utils.constants import IMAGENET_MEAN, IMAGENET_STD
 from utils.inference.onnx_model import OnnxModel, OnnxModelError, load_any_model
-from utils.inference.predict import predict_alphas
+from utils.inference.core import predict_alphas
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64

@@ -135,11 +135,51 @@ def test_the_checker_sees_every_module_and_its_imports():
     assert layer("utils.settings") == 0 and layer("model.u2net") == 1 and layer("utils.inference.files") == 2
     assert layer("utils.training.run_folder") == 3 and layer("apply") == 4 and layer("benchmarks.apply") == 4
     engine = imported_modules("utils.training.engine", modules["utils.training.engine"], modules)
-    assert {"utils.training.checkpoint", "utils.inference.predict", "utils.device", "model"} <= engine
+    assert {"utils.training.checkpoint", "utils.inference.core", "utils.device", "model"} <= engine
     # a relative import, and a sibling that a script imports by its bare name
     assert "utils.constants" in imported_modules("utils.settings", modules["utils.settings"], modules)
     figures = imported_modules("documents.make_figures", modules["documents.make_figures"], modules)
     assert {"documents.e2h_ablation", "utils.plots", "data_loader"} <= figures
+
+
+CORE_CALLERS = ("apply", "make_dataset", "test_stage2", "utils.training.engine", "serve", "utils.inference.video",
+                "utils.serving.app", "utils.serving.batcher")
+
+
+def test_every_caller_reaches_the_network_through_the_inference_core():
+    """One path from a photo to its alpha: the callers import the core, never the PyTorch
+    path (utils.inference.predict) nor onnxruntime's model call on their own."""
+    modules = find_modules(ROOT)
+    callers = [name for name in CORE_CALLERS if name in modules]
+    assert {"apply", "make_dataset", "test_stage2", "utils.training.engine"} <= set(callers)
+    for name in callers:
+        imports = imported_modules(name, modules[name], modules)
+        assert "utils.inference.predict" not in imports, name
+        if name != "utils.serving.app":  # the app reaches the core through its batcher
+            assert "utils.inference.core" in imports, name
+
+
+def test_no_module_reads_tensor_versions():
+    """A cache keyed on ``tensor._version`` misses changes that do not bump it (BatchNorm's
+    running statistics, fused Adam): the core prepares its own copy instead."""
+    for path in find_modules(ROOT).values():
+        with open(path, encoding="utf-8") as f:
+            assert "._version" not in f.read(), path
+
+
+def test_public_functions_of_the_inference_package_take_at_most_eight_parameters():
+    import ast
+    for name, path in find_modules(ROOT).items():
+        if not name.startswith("utils.inference."):
+            continue
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+                args = node.args
+                count = len(args.posonlyargs) + len(args.args) + len(args.kwonlyargs)
+                count -= bool(args.args and args.args[0].arg in ("self", "cls"))
+                assert count <= 8, f"{name}.{node.name} takes {count} parameters"
 
 
 @pytest.fixture

@@ -31,8 +31,8 @@ from data_loader.foreground_cache import ForegroundCache, default_cache_dir
 from data_loader.image_io import read_alpha, read_rgb
 from model import build_model
 from utils.inference.cutout import alpha_to_uint8
-from utils.inference.dataset import DatasetWriter, Manifest, QualityRule, copy_backgrounds, matte_quality
-from utils.inference.predict import predict_alphas
+from utils.inference.dataset_writer import DatasetWriter, Manifest, QualityRule, copy_backgrounds, matte_quality
+from utils.inference.core import predict_alphas
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEEP_ALL = ["--min-foreground", "0", "--max-uncertain", "1"]  # random weights make grey mattes
@@ -188,18 +188,18 @@ def test_resume_after_an_interruption(inputs, dataset, tmp_path, monkeypatch, ca
     reference, _ = dataset
     output = tmp_path / "mine"
     calls = []
-    real = DatasetWriter.__call__
+    real = DatasetWriter.write
 
     def interrupted(self, item, image, alpha):
         if len(calls) == 4:
             raise KeyboardInterrupt
         calls.append(item.name)
         return real(self, item, image, alpha)
-    monkeypatch.setattr(DatasetWriter, "__call__", interrupted)
+    monkeypatch.setattr(DatasetWriter, "write", interrupted)
     with pytest.raises(KeyboardInterrupt):
         make_dataset.main(command(inputs, output))
     assert len(glob.glob(str(output / "portrait" / "mask_image" / "*.png"))) == 4
-    monkeypatch.setattr(DatasetWriter, "__call__", real)
+    monkeypatch.setattr(DatasetWriter, "write", real)
     capsys.readouterr()
     assert make_dataset.main(command(inputs, output)) == 1  # the three bad files fail again
     assert "4 done before" in capsys.readouterr().out

@@ -13,14 +13,10 @@ import numpy as np
 from PIL import ImageColor
 
 from data_loader.image_io import read_rgb
+from utils.arrays import unit_to_uint8
 
 
-def alpha_to_uint8(alpha):
-    """float alpha in [0,1] -> uint8, rounded half to even: the values apply.py writes, and
-    also test_stage2.py's PNGs (``utils.inference.evaluate`` uses this function)."""
-    scaled = np.clip(alpha, 0.0, 1.0)  # one temporary, whatever the size
-    scaled *= 255.0
-    return np.round(scaled, out=scaled).astype(np.uint8)
+alpha_to_uint8 = unit_to_uint8  # the one rounding (utils/arrays.py): apply.py's, test_stage2.py's and make_dataset.py's PNGs
 
 
 def parse_background(spec):
@@ -52,7 +48,10 @@ def estimate_foreground_colours(image, alpha):
     """uint8 RGB (H,W,3) + float32 alpha (H,W) -> float32 foreground colours (H,W,3) in [0,1]
     (pymatting's multi-level estimate: hair edges keep no trace of the old background)."""
     from pymatting import estimate_foreground_ml  # numba: ~1 s to import, only when needed
-    foreground = estimate_foreground_ml(np.divide(image, 255.0, dtype=np.float32), alpha)
+    colours = np.divide(image, 255.0, dtype=np.float32)
+    if image.shape[0] * image.shape[1] < 2:  # pymatting's levels divide by zero on one pixel; nothing to estimate
+        return colours
+    foreground = estimate_foreground_ml(colours, alpha)
     return np.clip(foreground, 0.0, 1.0, out=foreground)
 
 

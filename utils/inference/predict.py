@@ -1,8 +1,6 @@
-"""One inference path for apply.py, test_stage2.py and validation, so all three agree.
-
-``predict_alphas(model, images)`` is the one-call form; apply.py streams the same three steps
-(``preprocess`` -> ``run_network`` -> ``alpha_to_size``) with decoding and writing in threads.
-At the same batch size and device the two give bit-identical alphas.
+"""The PyTorch network made ready for inference (``prepare_model``), the precision policy
+(``check_precision``) and one batch through it (``run_network``). Callers reach it through the
+inference core (``utils.inference.core.Matter``), which holds a prepared copy.
 
 Resize policy (``resize="square"``, the default): every photo is resized to ``size x size``
 (aspect ratio not kept), as the original U-2-Net test script does (its released weights were
@@ -11,26 +9,20 @@ together and costs the same for every photo (U2NET: 117 GFLOP at 320). ``resize=
 instead scales the short side to ``size`` and keeps the aspect ratio, which is the scale this
 project's training transforms show the network (short side 320, then a 288 crop); it costs
 ``long/short`` times more (1.33x for a 3:4 photo) and only photos of the same shape batch
-together. Shrinking uses area interpolation, enlarging bilinear, as the training transforms.
+together. Shrinking uses area interpolation, enlarging bilinear (utils/inference/preprocess.py).
 The network's fused output is returned as it is: never min-max normalised.
 
 Speed: ``prepare_model`` folds each BatchNorm into its convolution and, on CPUs, runs each
 convolution + ReLU as one fused oneDNN call on channels-last activations (about 7 % faster and
 one activation tensor smaller than the plain model; outputs equal the plain model's to ~1e-7).
-``predict_alphas`` runs such a prepared copy too (made once and reused while the weights do
-not change), so apply.py, test_stage2.py and validation agree exactly.
 """
-import copy
-import weakref
-
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import unwrap
 from model.blocks import REBNCONV
-from utils.constants import PRECISIONS, REFINE_METHODS
+from utils.constants import PRECISIONS
 from utils.device import cpu_bf16_native, cuda_bf16_native
 
 from .onnx_model import OnnxModel
@@ -128,71 +120,3 @@ def run_network(model, batch):
     dtype = next(model.parameters()).dtype
     batch = batch.to(dtype=dtype, memory_format=torch.channels_last)
     return torch.sigmoid(model.forward_logits(batch)[0].float())[:, 0].cpu()
-
-
-_PREPARED = weakref.WeakKeyDictionary()  # model -> (key, prepared copy); one entry per model
-
-
-def prepared(model, device="cpu", precision="fp32"):
-    """``model`` itself if ``prepare_model`` made it for this device and precision, else a
-    prepared copy, reused until any weight or BatchNorm statistic of ``model`` changes."""
-    model = unwrap(model)
-    if getattr(model, "_prepared_for", None) == (str(torch.device(device)), precision):
-        return model
-    tensors = model.state_dict(keep_vars=True).values()
-    key = (str(device), precision, tuple((t.data_ptr(), t._version) for t in tensors))
-    entry = _PREPARED.get(model)
-    if entry is None or entry[0] != key:
-        _PREPARED.pop(model, None)  # free the stale copy before making the new one
-        entry = (key, prepare_model(copy.deepcopy(model), device, precision))
-        _PREPARED[model] = entry
-    return entry[1]
-
-
-def predict_alphas(model, images, size=320, device="cpu", precision="fp32", batch_size=4, resize="square",
-                   refine="none", refine_options=None):
-    """Alpha mattes of ``images`` at their own resolution.
-
-    images: list of uint8 RGB (H,W,3) arrays, any sizes. Returns a list of float32 (H,W) in
-    [0,1]: the network's fused output, resized back, never min-max normalised. BatchNorm uses
-    its running statistics (eval mode) whatever ``model.training`` says; ``model`` itself is not
-    changed: a copy made by ``prepare_model`` runs (kept for the next call while the weights
-    stay the same; pass a model from ``prepare_model`` to avoid the copy). Consecutive images
-    with the same network input shape are batched, ``batch_size`` at most.
-
-    ``model`` may also be an ``OnnxModel`` (``load_any_model("x.onnx")``): it runs at the
-    precision and on the device it was exported and loaded for (``device`` is not used).
-
-    refine: how the network's alpha becomes full-resolution, one of ``REFINE_METHODS``:
-    ``none`` (resized, as above), ``guided`` or ``matting`` with the photo as the guide
-    (``utils.inference.refine.refine_alpha``, given ``refine_options``).
-
-    >>> alphas = predict_alphas(load_model("best.pth"), [read_rgb("photo.jpg")])
-    """
-    if refine not in REFINE_METHODS:
-        raise ValueError(f"refine must be one of {REFINE_METHODS}, got {refine!r}")
-    if refine != "none":
-        from .refine import check_options, refine_alpha  # numba: ~0.8 s to import, only when refining
-        check_options(refine, refine_options or {})
-    if isinstance(model, OnnxModel):
-        model.check_precision(precision)
-        device, net = torch.device("cpu"), model  # inputs and outputs pass through numpy
-    else:
-        device = torch.device(device)
-        check_precision(device, precision)  # raises for an impossible pair; emulated bf16 is allowed
-        net = prepared(model, device, precision)
-    alphas = []
-    inputs = [preprocess(image, size, resize) for image in images]
-    start = 0
-    while start < len(images):
-        stop = start + 1
-        while stop < len(images) and stop - start < batch_size and inputs[stop].shape == inputs[start].shape:
-            stop += 1
-        batch = torch.from_numpy(np.stack(inputs[start:stop])).to(device)
-        for alpha, image in zip(run_network(net, batch).numpy(), images[start:stop]):
-            if refine == "none":
-                alphas.append(alpha_to_size(alpha, *image.shape[:2]))
-            else:
-                alphas.append(refine_alpha(image, alpha, refine, **(refine_options or {})))
-        start = stop
-    return alphas

@@ -29,6 +29,8 @@ on disk afterwards); the times in the README are warm. ``benchmarks/refine.py`` 
 methods against each other and against rembg's alpha matting.
 """
 import warnings
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import cv2
 import numpy as np
@@ -106,6 +108,31 @@ def _method_options(method, options):
 def check_options(method, options):
     """Raise ValueError, naming it, for an unknown method or option (before any work)."""
     _method_options(method, options)
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    """How the network's alpha becomes full-resolution: a method of ``REFINE_METHODS`` and its
+    own options (keys of ``GUIDED_DEFAULTS`` or ``MATTING_DEFAULTS``; for ``matting`` also
+    ``guided_``-prefixed guided ones), checked when made. ``resolved`` holds every option with
+    its default filled in.
+
+    >>> RefineOptions("matting", {"band": 1.0}).apply(image, coarse)
+    """
+    method: str = "guided"
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))  # frozen all the way
+        object.__setattr__(self, "_resolved", _method_options(self.method, dict(self.options)))  # raises ValueError
+
+    @property
+    def resolved(self):
+        return dict(self._resolved)
+
+    def apply(self, image, coarse):
+        """``refine_alpha(image, coarse, method, **options)``."""
+        return refine_alpha(image, coarse, self.method, **self.options)
 
 
 # ---------------------------------------------------------------- the public function

@@ -3,7 +3,7 @@
 ``setup_training`` puts the network on its device (channels-last), wraps it for the step
 (logits out, then DDP, then ``torch.compile`` if asked) and builds Adam, the lr schedule and the
 AMP GradScaler. ``train_one_epoch`` runs the step; ``evaluate`` measures the validation split at
-full resolution through ``utils.inference.predict.predict_alphas``, exactly as ``test_stage2.py`` and
+full resolution through the inference core (``utils.inference.core.Matter``), exactly as ``test_stage2.py`` and
 ``apply.py`` predict. ``resume_training`` restores a run from its ``checkpoint.pth``.
 """
 import math
@@ -19,7 +19,7 @@ from data_loader import Augment
 from model import load_weights
 from utils.device import amp_dtype
 from utils.distributed import DistInfo, all_reduce_sum, broadcast_buffers
-from utils.inference.predict import predict_alphas
+from utils.inference.core import MatteOptions, Matter
 from utils.logger import MetricLogger
 from utils.metrics import matting_metrics
 from .checkpoint import has_checkpoint, load_checkpoint, restore_rng_for_rank
@@ -236,7 +236,7 @@ def evaluate(net, dataset, size, dist, batch_size=4, max_images=None, num_previe
     """Validation at full resolution: SAD, MSE, MAD, Grad, Conn and ``loss`` (mean |p - g|).
 
     Each rank predicts the images ``rank, rank + world, ...`` of ``dataset.load_full`` with
-    ``predict_alphas(net, ..., size=size)`` (fp32), and the sums are reduced over the ranks.
+    ``Matter(net, MatteOptions(size=size))`` (fp32), and the sums are reduced over the ranks.
     Rank 0's BatchNorm statistics are first copied to every rank (each rank's last training
     step updated its own), so all ranks score the weights rank 0 saves.
     ``loss`` is the L1 of the fused output at full resolution, the same number as MAD, kept
@@ -253,14 +253,15 @@ def evaluate(net, dataset, size, dist, batch_size=4, max_images=None, num_previe
     net.eval()
     sums = torch.zeros(len(VAL_METRICS) + 1, dtype=torch.float64)
     previews = {}
+    # the epoch's weights, prepared afresh (a copy: training goes on with ``net``), fp32 as saved
+    matter = Matter(net, MatteOptions(size=size, device=str(dist.device), batch_size=batch_size))
     mine = list(range(dist.rank, n, dist.world_size))
     if dist.is_main:  # rank 0 also draws the grid's images it does not own
         mine += [i for i in range(min(num_previews, n)) if i % dist.world_size != 0]
     for start in range(0, len(mine), batch_size):
         chunk = mine[start:start + batch_size]
         samples = [dataset.load_full(i) for i in chunk]
-        preds = predict_alphas(net, [rgb for rgb, _, _ in samples], size=size, device=dist.device,
-                               precision="fp32", batch_size=batch_size)
+        preds = matter.predict([rgb for rgb, _, _ in samples])
         for i, (rgb, gt, _), pred in zip(chunk, samples, preds):
             if i < num_previews:
                 previews[i] = (rgb, gt, pred)

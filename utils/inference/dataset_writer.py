@@ -1,7 +1,7 @@
 """The parts of make_dataset.py: from mattes of photos to a stage-2 training set.
 
-For each photo that ``utils.inference.files.matte_files`` mattes, ``DatasetWriter`` (its
-``on_alpha`` hook) measures the matte, leaves out a doubtful one (``QualityRule``), else writes
+For each photo that the inference core mattes (``Matter.stream``, as apply.py's), ``DatasetWriter``
+measures the matte, leaves out a doubtful one (``QualityRule``), else writes
 
 - ``<root>/<category>/raw_image/<name>``: the photo's own bytes, or, when its EXIF orientation
   turns it, the turned pixels as ``<stem>.png`` (lossless: the pixels the matte was made from);
@@ -21,9 +21,10 @@ import csv
 import glob
 import os
 import shutil
+import contextlib
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -37,7 +38,9 @@ from data_loader.image_io import ImageReadError, read_alpha, read_header, read_r
 from data_loader.indexing import DatasetError, Pair, list_images
 from data_loader.splits import key_seed
 from utils.fileio import atomic_open
-from .cutout import alpha_to_uint8
+from utils.arrays import unit_to_uint8
+
+from .core import error_reason
 from .files import MatteReport, clash_reason, separate_clashes, write_png
 
 MANIFEST = "manifest.csv"
@@ -210,14 +213,21 @@ class DatasetReport:
                 f"{self.composites} composites written")
 
 
-class DatasetWriter:
-    """``matte_files``'s ``on_alpha`` hook: judge the matte, write photo, mask and foreground
-    cache entry, record the row. Thread-safe; ``report`` counts what it did.
+def printable(path):
+    """A path for messages and the manifest: names that are not valid UTF-8 (the bytes Python
+    keeps as surrogates) shown with their bytes escaped, never an exception."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
-    threads: foreground estimations run at once (pymatting releases the GIL). The estimation
+
+class DatasetWriter:
+    """Writes what make_dataset.py keeps of each matted photo: judge the matte, write photo,
+    mask and foreground cache entry, record the row; ``report`` counts what it did.
+
+    threads: foreground estimations at once (pymatting releases the GIL). The estimation
     (about 1 s a megapixel) costs far more than a GPU's matte, so with ``threads > 1`` it runs
-    in a pool of its own, at most ``2 * threads`` photos queued, while the next photos are
-    matted; ``close()`` waits for them. A photo's row is written once its cache entry is.
+    in a pool, at most ``2 * threads`` photos queued, while the next photos are matted;
+    ``close()`` waits for them. A photo's row is written once its cache entry is; a photo whose
+    entry cannot be made leaves no files in the dataset (training would trip on them).
     """
 
     def __init__(self, root, category, manifest, weights, refine, rule, fill_cache=True, threads=1):
@@ -226,11 +236,12 @@ class DatasetWriter:
         os.makedirs(root, exist_ok=True)  # before default_cache_dir, which looks at the folder
         self.cache = ForegroundCache(default_cache_dir(root)) if fill_cache else None
         self.report, self.lock = DatasetReport(), threading.Lock()
+        self.threads = threads
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="foreground") if threads > 1 else None
-        self.slots, self.pending = threading.BoundedSemaphore(2 * threads), []
+        self.pending = deque()
 
     def row(self, item, name, status, reason="", foreground="", uncertain=""):
-        return {"source": os.path.abspath(item.path), "name": name, "weights": self.weights,
+        return {"source": printable(os.path.abspath(item.path)), "name": printable(name), "weights": self.weights,
                 "refine": self.refine, "foreground": foreground, "uncertain": uncertain,
                 "status": status, "reason": reason}
 
@@ -238,24 +249,41 @@ class DatasetWriter:
         """Record a photo that failed (unreadable, a clashing name, no foreground estimate)."""
         self.manifest.append(self.row(item, photo_name(self.category, item.name), "failed", reason))
         with self.lock:
-            self.report.failed.append((item.name, reason))
+            self.report.failed.append((printable(item.name), reason))
 
-    def __call__(self, item, image, alpha):
+    def remove_files(self, name):
+        """Remove a photo's files from the dataset (left out now, or its cache entry failed)."""
+        for path in (os.path.join(self.root, name), os.path.join(self.root, mask_name(name))):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+    def write(self, item, image, alpha):
+        """One matted photo: uint8 RGB (H,W,3), alpha float32 (H,W) in [0,1]. Any failure is
+        this photo's alone (recorded, its files removed)."""
+        try:
+            self._write(item, image, alpha)
+        except Exception as err:  # noqa: BLE001 - whatever it is, the other photos go on
+            self.remove_files(photo_name(self.category, item.name, is_turned(item.path)))
+            self.fail(item, f"writing failed: {error_reason(err)}")
+
+    def _write(self, item, image, alpha):
         foreground, uncertain = matte_quality(alpha)
         reason = self.rule.reason(foreground, uncertain)
-        turned = reason is None and is_turned(item.path)
+        turned = is_turned(item.path)
         name = photo_name(self.category, item.name, turned)
         row = self.row(item, name, "left_out" if reason else "ok", reason or "",
                        f"{foreground:.4f}", f"{uncertain:.4f}")
         if reason is not None:
+            self.remove_files(name)  # an earlier run (--overwrite) may have kept it: training must not
             return self._record(item, row)
         photo, mask = os.path.join(self.root, name), os.path.join(self.root, mask_name(name))
         write_photo(item.path, photo, image, turned)
-        write_png(mask, alpha_to_uint8(alpha))
+        write_png(mask, unit_to_uint8(alpha))
         pair = Pair(os.path.abspath(photo), os.path.abspath(mask), name)  # the training loader's key
         if self.pool is None:
             return self._record(item, row, pair)
-        self.slots.acquire()
+        while len(self.pending) >= 2 * self.threads:  # bound the photos held by queued estimations
+            self.pending.popleft().result()
         self.pending.append(self.pool.submit(self._record, item, row, pair))
 
     def _record(self, item, row, pair=None):
@@ -263,11 +291,9 @@ class DatasetWriter:
         try:
             if pair is not None and self.cache is not None:
                 self.cache.compute(pair)
-        except (ImageReadError, OSError, ValueError, MemoryError) as err:
-            return self.fail(item, f"foreground estimation failed: {err}")
-        finally:
-            if pair is not None and self.pool is not None:
-                self.slots.release()
+        except Exception as err:  # noqa: BLE001 - pymatting on a degenerate photo, a full disk...
+            self.remove_files(pair.name)
+            return self.fail(item, f"foreground estimation failed: {error_reason(err)}")
         self.manifest.append(row)
         with self.lock:
             if row["status"] == "left_out":
@@ -278,22 +304,26 @@ class DatasetWriter:
     def close(self):
         """Wait for the queued foreground estimations."""
         if self.pool is not None:
-            for future in self.pending:
-                future.result()
+            while self.pending:
+                self.pending.popleft().result()
             self.pool.shutdown()
 
 
 def plan_photos(inputs, rows, manifest, category, overwrite):
     """``inputs`` (this process's share) -> (to matte, clashes as (item, reason), done before).
 
-    Two inputs whose outputs would overwrite each other: the first is kept, the other fails.
+    Two inputs whose outputs would overwrite each other: the first is kept, the other fails;
+    so does a photo whose name is not valid UTF-8 (before anything is written for it).
     A photo is done when its row is of ``category`` and says so, and its files are in place
     (``Manifest.is_done``)."""
     inputs, clashes = separate_clashes(inputs)
     clashes = [(item, clash_reason(owner)) for item, owner in clashes]
     todo, before = [], 0
     for item in inputs:
-        row = rows.get(os.path.abspath(item.path))
+        if printable(item.name) != item.name:  # the manifest and the training set's names are UTF-8
+            clashes.append((item, "its file name is not valid UTF-8: rename it"))
+            continue
+        row = rows.get(printable(os.path.abspath(item.path)))
         if not overwrite and row and row["name"].startswith(f"{category}/{PHOTO_DIR}/") and manifest.is_done(row):
             before += 1
         else:
@@ -381,11 +411,11 @@ def make_composites(root, category, split, count, seed=0, share=(0, 1), overwrit
 def _composite_one(root, pair, backgrounds, paths, cache, rng):
     """Write one foreground's composites; returns their names."""
     fg, alpha = to_unit(cache.load_full(pair)), read_alpha(pair.mask)
-    alpha8 = alpha_to_uint8(alpha)
+    alpha8 = unit_to_uint8(alpha)
     picks = rng.choice(len(backgrounds), size=len(paths), replace=len(paths) > len(backgrounds))
     for (image_path, alpha_path), k in zip(paths, picks):
         background = cover_background(read_rgb(os.path.join(root, backgrounds[k])), *alpha.shape, rng)
         image = composite(fg, alpha, to_unit(background), None, 1.0)
-        write_png(image_path, np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        write_png(image_path, unit_to_uint8(image))
         write_png(alpha_path, alpha8)
     return [os.path.relpath(p[0], os.path.join(root, "composites", "image")) for p in paths]
