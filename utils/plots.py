@@ -5,6 +5,8 @@ import io
 import cv2
 import numpy as np
 
+from utils.arrays import unit_to_uint8
+
 MAX_PNG_BYTES = 500_000  # figures the README shows stay small in the repository
 
 CURVE_PANELS = (
@@ -73,9 +75,9 @@ def _tiles(rgb, gt, pred, height):
     rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
     gt = cv2.resize(gt, (width, height), interpolation=cv2.INTER_AREA)
     pred = cv2.resize(pred, (width, height), interpolation=cv2.INTER_AREA)
-    gray = lambda a: np.repeat((np.clip(a, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)
+    gray = lambda a: np.repeat(unit_to_uint8(a)[..., None], 3, axis=2)
     a = np.clip(pred, 0, 1)[..., None]
-    cutout = (a * rgb + (1 - a) * _checkerboard(height, width)).round().astype(np.uint8)
+    cutout = unit_to_uint8((a * rgb + (1 - a) * _checkerboard(height, width)) / 255.0)
     return np.concatenate([rgb, gray(gt), gray(pred), cutout], axis=1)
 
 

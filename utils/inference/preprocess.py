@@ -20,6 +20,10 @@ def network_input_size(height, width, size=320, resize="square"):
 
 
 def _resize(array, out_h, out_w):
+    """Area when shrinking (any factor), else bilinear. Training's compositing
+    (data_loader.compositing.resize_interpolation) takes area only from 2x: it resizes every
+    draw, where area's cost at non-integer factors (up to 9x) matters; here a photo is resized
+    once and the network's input should carry no aliasing at any factor."""
     h, w = array.shape[:2]
     if (h, w) == (out_h, out_w):
         return array
