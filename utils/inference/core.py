@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Callable, Generic, Iterable, Iterator, TypeVar
 
 import numpy as np
 
-from utils.constants import PRECISIONS, RESIZE_POLICIES
+from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES
 
 from .onnx_model import OnnxModel, load_any_model
 from .preprocess import alpha_to_size, preprocess
@@ -220,6 +220,8 @@ def predict_alphas(model, images: list[np.ndarray], size: int = 320, device: str
 
 def refine_options(method: str) -> "RefineOptions | None":
     """``RefineOptions(method)`` with its defaults; None for ``none`` (numba stays unimported)."""
+    if method not in REFINE_METHODS:
+        raise ValueError(f"refine must be one of {REFINE_METHODS}, got {method!r}")
     if method == "none":
         return None
     from .refine import RefineOptions
