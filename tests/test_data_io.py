@@ -42,6 +42,30 @@ def test_sixteen_bit(tmp_path, rgb):
     np.testing.assert_allclose(read_alpha(tmp_path / "g16.png"), rgb[..., 0] / 255.0, atol=1e-6)
 
 
+def test_sixteen_bit_values_that_are_not_multiples_of_257(tmp_path):
+    wide = np.random.default_rng(2).integers(0, 65536, (20, 30, 4), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "rgba16.png"), wide[..., [2, 1, 0, 3]])  # BGRA on disk: RGBA 16-bit
+    cv2.imwrite(str(tmp_path / "g16.png"), wide[..., 0])
+    expected = np.round(wide / 257.0)
+    out = read_rgb(tmp_path / "rgba16.png")  # the colour, scaled to 8 bits (alpha dropped)
+    assert out.dtype == np.uint8 and out.shape == (20, 30, 3)
+    assert np.abs(out - expected[..., :3]).max() <= 1
+    np.testing.assert_array_equal(read_rgb(tmp_path / "g16.png"), np.dstack([expected[..., 0]] * 3))
+    np.testing.assert_allclose(read_alpha(tmp_path / "g16.png"), wide[..., 0] / 65535.0, atol=1e-6)
+    assert np.abs(read_alpha(tmp_path / "rgba16.png", channel=3) - wide[..., 3] / 65535.0).max() <= 1 / 255
+
+
+def test_gray_alpha_and_transparent_palette_photos(tmp_path, rgb):
+    gray, alpha = rgb[..., 0], rgb[..., 1]
+    Image.fromarray(np.dstack([gray, alpha]), "LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(read_rgb(tmp_path / "la.png"), np.dstack([gray] * 3))  # alpha dropped
+    palette = Image.fromarray(rgb).quantize(16)
+    palette.info["transparency"] = 0
+    palette.save(tmp_path / "pt.png", transparency=0)
+    assert read_header(tmp_path / "pt.png").has_alpha
+    np.testing.assert_array_equal(read_rgb(tmp_path / "pt.png"), np.asarray(palette.convert("RGB")))
+
+
 def test_cmyk_jpeg(tmp_path, rgb):
     Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.jpg", quality=98, subsampling=0)
     assert Image.open(tmp_path / "c.jpg").mode == "CMYK"
