@@ -167,15 +167,25 @@ def output_path(output_dir, kind, name):
     return os.path.join(output_dir, kind, os.path.splitext(name)[0] + ".png")
 
 
-def write_png(path, image):
-    """Write uint8 gray (H,W), RGB (H,W,3) or RGBA (H,W,4) atomically (temporary file, rename)."""
+def encode_png(image) -> bytes:
+    """uint8 gray (H,W), RGB (H,W,3) or RGBA (H,W,4) -> the PNG file's bytes (the encoding of
+    every PNG apply.py writes; serve.py answers with the same bytes). Raises OSError."""
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
     ok, data = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
     if not ok:
-        raise OSError(f"{path}: PNG encoding failed")
+        raise OSError("PNG encoding failed")
+    return data.tobytes()
+
+
+def write_png(path, image):
+    """Write uint8 gray (H,W), RGB (H,W,3) or RGBA (H,W,4) atomically (temporary file, rename)."""
+    try:
+        data = encode_png(image)
+    except OSError as err:
+        raise OSError(f"{path}: {err}") from err
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    atomic_write(path, data.tobytes())
+    atomic_write(path, data)
 
 
 # ---------------------------------------------------------------- the pipeline
