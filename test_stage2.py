@@ -17,7 +17,9 @@ Three ways, each at the ground truth's full resolution, deterministic:
 
 Options: --output DIR (default: a new test_<timestamp>/ in the weights' run folder, else under
 results_test/), --save-predictions (8-bit <stem>.png in <output>/predictions/), --grid-rows K,
---config FILE, --set KEY=VALUE (utils/load_settings/test_stage2_settings.json). The network input
+--max-pixels N (folder files with more pixels fail before any work; default 100 MP, see
+data_loader/image_io.py), --config FILE, --set KEY=VALUE
+(utils/load_settings/test_stage2_settings.json). The network input
 is image_size, by default the training run's own (its settings.json), else 320.
 
 Writes metrics.csv (name, sad, mse, mad, grad, conn, sad_unknown, mse_unknown, mad_unknown,
@@ -37,11 +39,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data_loader import DatasetError, ForegroundDataset, ImageReadError
+from data_loader.image_io import MAX_PIXELS
 from model import CheckpointError
 from utils.device import resolve_device
 from utils.inference.evaluate import (EvaluationError, Extremes, PairDataset, derive_trimap, describe_unmatched,
                                       evaluate_sample, match_by_stem, mean_metrics, new_output_dir,
-                                      panels, quantize, save_ranked_grid, to_uint8, write_json, write_metrics_csv)
+                                      panels, quantize, save_ranked_grid, to_uint8, worker_message, write_json,
+                                      write_metrics_csv)
 from utils.inference.onnx_model import OnnxModelError, load_any_model
 from utils.inference.core import MatteOptions, Matter, refine_options
 from utils.metrics import METRIC_NAMES, REGION_METRIC_NAMES
@@ -58,6 +62,9 @@ def parse_args(argv=None):
     parser.add_argument("--output", help="output folder (default: a new test_<timestamp>/ folder)")
     parser.add_argument("--save-predictions", action="store_true", help="save predicted alphas as 8-bit PNGs")
     parser.add_argument("--grid-rows", type=int, default=4, help="worst and best images shown in grid.png (0: no grid)")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                        help="folder files with more pixels fail, checked from their headers before any work "
+                             "(default: %(default)s)")
     argv = list(sys.argv[1:] if argv is None else argv)
     folder_mode = any(a.split("=")[0] in ("--images", "--predictions") for a in argv)
     # dataset_path is not used with folders: do not require the default one to exist
@@ -70,6 +77,8 @@ def parse_args(argv=None):
         parser.error("--alphas needs --images or --predictions")
     if args.trimaps and not args.alphas:
         parser.error("--trimaps goes with --alphas (the held-out split derives its trimaps)")
+    if args.max_pixels < 1:
+        parser.error(f"--max-pixels must be >= 1, got {args.max_pixels}")
     return settings, args
 
 
@@ -100,7 +109,7 @@ def build_data(settings, args):
         print(f"{sum(map(len, unmatched.values()))} file(s) without a match in the other folder(s):\n"
               + describe_unmatched(unmatched))
     items = items[:settings.image_num] if settings.image_num else items
-    return PairDataset(items), f"{args.images or args.predictions} against {args.alphas}", unmatched
+    return PairDataset(items, args.max_pixels), f"{args.images or args.predictions} against {args.alphas}", unmatched
 
 
 def find_weights(settings):
@@ -131,8 +140,7 @@ def main(argv=None):
         matter = Matter(model, MatteOptions(size=size, device=str(device), precision=settings.precision,
                                             batch_size=settings.batch_size, refine=refine_options(settings.refine)),
                         copy_model=False)  # the same core as apply.py: the same alphas
-    output = args.output or new_output_dir(weights)
-    os.makedirs(output, exist_ok=True)
+    output = args.output or new_output_dir(weights, create=False)  # made once there are scores
     print(f"evaluating {len(data)} images: {description}\nweights: {weights or 'none (scoring --predictions)'}"
           + (f"\nnetwork input: {size}x{size} (from {size_source}), refine: {settings.refine}" if size else "") + f"\noutput: {output}")
 
@@ -158,6 +166,7 @@ def main(argv=None):
 
     # ---- save ------------------------------------------------------------------------------------
     means = mean_metrics(rows)
+    os.makedirs(output, exist_ok=True)
     write_metrics_csv(os.path.join(output, "metrics.csv"), rows)
     write_json(os.path.join(output, "summary.json"), {
         "count": len(rows), "means": means, "data": description, "model_file": weights, "image_size": size,
@@ -182,5 +191,4 @@ if __name__ == "__main__":
     try:
         main()
     except (EvaluationError, ImageReadError, DatasetError, CheckpointError, OnnxModelError) as err:
-        message = str(err).strip()  # from a DataLoader worker: its traceback, then the message
-        raise SystemExit("error: " + (message.splitlines()[-1] if "Original Traceback" in message else message))
+        raise SystemExit("error: " + worker_message(err))  # one line, also from a DataLoader worker

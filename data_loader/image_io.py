@@ -57,12 +57,22 @@ _JPEG_AFTER_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7]")
 
 
 class ImageReadError(ValueError):
-    """A file that cannot be used as an image; the message names the file and the reason."""
+    """A file that cannot be used as an image; the message names the file and the reason.
 
-    def __init__(self, path, reason):
-        super().__init__(f"cannot read image {path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
+    One argument is taken as a whole message (``path`` None): that is how a DataLoader worker's
+    error is re-raised in the main process, which then stays an ``ImageReadError``.
+    """
+
+    def __init__(self, path, reason=None):
+        if reason is None:
+            super().__init__(str(path))
+            self.path, self.reason = None, str(path)
+        else:
+            super().__init__(f"cannot read image {path}: {reason}")
+            self.path, self.reason = str(path), reason
+
+    def __reduce__(self):  # pickled (process pools, workers) with its path and reason
+        return type(self), ((self.reason,) if self.path is None else (self.path, self.reason))
 
 
 @dataclass(frozen=True)
@@ -98,15 +108,23 @@ def _open(path):
         raise ImageReadError(path, f"{type(err).__name__}: {err}") from err
 
 
-def _check_pixels(path, size, max_pixels):
-    """Raise ``ImageReadError`` when width x height exceeds ``max_pixels`` (None: no limit)."""
+def _check_limit(max_pixels):
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
+                                   or max_pixels < 1):
+        raise ValueError(f"max_pixels must be an integer >= 1 or None, got {max_pixels!r}")
+
+
+def check_pixels(path, size, max_pixels: int | None = MAX_PIXELS) -> None:
+    """Raise ``ImageReadError`` naming ``path`` when ``size`` (width, height), e.g. a header's,
+    has more than ``max_pixels`` pixels (None: no limit), as reading the file would."""
+    _check_limit(max_pixels)
     if max_pixels is None:
         return
     width, height = size
     if width * height > max_pixels:
-        raise ImageReadError(path, f"{width}x{height} is {width * height / 1e6:.1f} MP, over the pixel limit of "
-                                   f"{max_pixels / 1e6:g} MP (max_pixels; --max-pixels in the scripts), "
-                                   "checked from the header before decoding")
+        raise ImageReadError(path, f"{width}x{height} is {width * height:,} pixels ({width * height / 1e6:.1f} MP), "
+                                   f"over the pixel limit of {max_pixels:,} ({max_pixels / 1e6:g} MP; max_pixels, "
+                                   "--max-pixels in the scripts), checked from the header before decoding")
 
 
 def _png_stream_size(width, height, bits_per_pixel, interlaced):
@@ -253,9 +271,7 @@ def read_header(path):
 def _load(path, exif, min_short_side=None, max_pixels=MAX_PIXELS):
     """Open, optionally JPEG-draft, check the pixel count, decode, check for missing data and
     EXIF-transpose; returns a loaded PIL image."""
-    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
-                                   or max_pixels < 1):
-        raise ValueError(f"max_pixels must be an integer >= 1 or None, got {max_pixels!r}")
+    _check_limit(max_pixels)  # a bad argument is not the file's fault: before opening it
     im = _open(path)
     try:
         stored_size = im.size
@@ -264,7 +280,7 @@ def _load(path, exif, min_short_side=None, max_pixels=MAX_PIXELS):
             if scale < 0.5:  # draft decodes at 1/2, 1/4 or 1/8 scale, never below the request
                 im.draft(im.mode if im.mode == "CMYK" else "RGB",
                          (math.ceil(im.size[0] * scale), math.ceil(im.size[1] * scale)))
-        _check_pixels(path, im.size, max_pixels)  # what will be decoded; nothing is yet
+        check_pixels(path, im.size, max_pixels)  # what will be decoded; nothing is yet
         im.load()
         _check_complete(path, im, stored_size)
         if exif:

@@ -3,6 +3,9 @@ its outputs, its errors, and the helpers in utils/inference/evaluate.py."""
 import csv
 import json
 import os
+import subprocess
+import sys
+import zlib
 
 import cv2
 import numpy as np
@@ -10,7 +13,7 @@ import pytest
 import torch
 
 import test_stage2
-from data_loader import foreground_cache
+from data_loader import ImageReadError, foreground_cache
 from model import build_model
 from utils.inference.evaluate import (COLUMNS, EvaluationError, Extremes, derive_trimap, match_by_stem,
                                       new_output_dir, quantize)
@@ -166,6 +169,52 @@ def test_size_mismatch_names_both_files(bench_dir, tmp_path):
     with pytest.raises(EvaluationError, match=r"pred[/\\]a\.png.*alphas[/\\]a\.png"):
         run(["--predictions", str(tmp_path / "pred"), "--alphas", str(bench_dir / "alphas"),
              "--output", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()  # found from the headers, before any output
+
+
+def test_a_zero_byte_prediction_is_one_message_before_any_output(bench_dir, tmp_path):
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "a.png").write_bytes(b"")
+    with pytest.raises(ImageReadError, match=r"pred[/\\]a\.png: empty file \(0 bytes\)") as info:
+        run(["--predictions", str(tmp_path / "pred"), "--alphas", str(bench_dir / "alphas"),
+             "--output", str(tmp_path / "out")])
+    assert str(info.value).count("cannot read image") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_max_pixels_flag(bench_dir, tmp_path, capsys):
+    argv = ["--predictions", str(bench_dir / "alphas"), "--alphas", str(bench_dir / "alphas"),
+            "--output", str(tmp_path / "out")]
+    with pytest.raises(ImageReadError, match=rf"alphas[/\\]a.png: {W}x{H} is 3,072 pixels \(0.0 MP\), over the pixel limit of 3,071 "):
+        run(argv, "--max-pixels", str(H * W - 1))
+    assert not (tmp_path / "out").exists()
+    assert os.path.isfile(os.path.join(run(argv, "--max-pixels", str(H * W)), "metrics.csv"))
+    with pytest.raises(SystemExit):
+        run(argv, "--max-pixels", "0")
+    assert "--max-pixels must be >= 1" in capsys.readouterr().err
+
+
+def test_a_file_failing_in_a_loader_worker_is_one_line_and_no_output(bench_dir, tmp_path):
+    """A PNG whose data ends after 10 of its rows decodes without error in Pillow; image_io
+    refuses it in a DataLoader worker process: the script ends with that one message."""
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    raw = (b"\x00" + bytes(W)) * 10
+    chunk = lambda kind, data: (len(data).to_bytes(4, "big") + kind + data  # noqa: E731
+                                + zlib.crc32(kind + data).to_bytes(4, "big"))
+    (pred / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", W.to_bytes(4, "big") + H.to_bytes(4, "big")
+                                 + bytes([8, 0, 0, 0, 0])) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, os.path.join(root, "test_stage2.py"), "--predictions", str(pred),
+                             "--alphas", str(bench_dir / "alphas"), "--output", str(tmp_path / "out"),
+                             "--set", "dataloader.num_worker=1"], cwd=root, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"error: cannot read image {pred / 'a.png'}: truncated: its image data holds 10 of its {H} rows " \
+                   "(the rest would be decoded as zeros)"
+    assert not (tmp_path / "out").exists()
 
 
 def test_no_common_names_is_an_error(bench_dir, tmp_path):

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from data_loader.image_io import read_alpha, read_rgb
+from data_loader.image_io import MAX_PIXELS, check_pixels, read_alpha, read_header, read_rgb
 from data_loader.indexing import list_images
 from data_loader.trimap import EVAL_KERNEL, unknown_band
 from utils.metrics import METRIC_NAMES, REGION_METRIC_NAMES, matting_metrics, region_metrics
@@ -77,34 +77,70 @@ class PairDataset(Dataset):
 
     A sample is a dict: ``name``; ``alpha`` float32 (H,W) in [0,1]; ``image`` uint8 (H,W,3) RGB
     or None; ``pred`` float32 (H,W) or None; ``trimap`` float32 (H,W) or None; ``files``
-    {role: path}. Any file whose size differs from the ground truth's is an ``EvaluationError``
-    naming both files.
+    {role: path}. Made, it has read every file's header (``check_pairs``): an empty or
+    unreadable file is an ``ImageReadError``, a file whose size differs from the ground truth's
+    an ``EvaluationError`` naming both, and more than ``max_pixels`` pixels an ``ImageReadError``,
+    all before any work; a file that fails only when decoded raises when its sample is read.
     """
 
-    def __init__(self, items):
-        self.items = list(items)
+    def __init__(self, items, max_pixels=MAX_PIXELS):
+        self.items, self.max_pixels = list(items), max_pixels
+        check_pairs(self.items, max_pixels)
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, index):
         item = self.items[index]
-        alpha = read_alpha(item["alphas"])
+        alpha = read_alpha(item["alphas"], max_pixels=self.max_pixels)
         sample = {"name": item["name"], "alpha": alpha, "image": None, "pred": None, "trimap": None,
                   "files": {role: path for role, path in item.items() if role != "name"}}
         readers = {"images": ("image", read_rgb), "predictions": ("pred", read_alpha), "trimaps": ("trimap", read_alpha)}
         for role, (key, reader) in readers.items():
             if role in item:
-                sample[key] = reader(item[role])
+                sample[key] = reader(item[role], max_pixels=self.max_pixels)
                 check_same_size(sample[key], alpha, item[role], item["alphas"])
         return sample
+
+
+def _mismatch(path, size, alpha_path, alpha_size):
+    return EvaluationError(f"size mismatch: {path} is {size[0]}x{size[1]} but its ground truth {alpha_path} "
+                           f"is {alpha_size[0]}x{alpha_size[1]} (width x height)")
 
 
 def check_same_size(array, alpha, path, alpha_path):
     """Raise ``EvaluationError`` naming both files unless ``array`` is ``alpha``'s height x width."""
     if array.shape[:2] != alpha.shape[:2]:
-        raise EvaluationError(f"size mismatch: {path} is {array.shape[1]}x{array.shape[0]} but its ground "
-                              f"truth {alpha_path} is {alpha.shape[1]}x{alpha.shape[0]} (width x height)")
+        raise _mismatch(path, array.shape[1::-1], alpha_path, alpha.shape[1::-1])
+
+
+def check_pairs(items, max_pixels=MAX_PIXELS):
+    """Read the header of every file of ``items`` (``match_by_stem``'s), decoding nothing.
+
+    Raises ``ImageReadError`` for an empty, unreadable or non-image file, or one with more than
+    ``max_pixels`` pixels (None: no limit), and ``EvaluationError`` for a file whose displayed
+    size (EXIF applied, as it is read) differs from its ground truth's, naming both files.
+    """
+    for item in items:
+        sizes = {}
+        for role, path in item.items():
+            if role != "name":
+                sizes[role] = read_header(path).size
+                check_pixels(path, sizes[role], max_pixels)
+        for role, size in sizes.items():
+            if size != sizes["alphas"]:
+                raise _mismatch(item[role], size, item["alphas"], sizes["alphas"])
+
+
+def worker_message(err):
+    """An error's own message, also when a DataLoader worker re-raised it with the worker's
+    traceback: its last line, without the exception's module and class."""
+    message = str(err).strip()
+    if "Original Traceback" not in message:
+        return message
+    last = message.splitlines()[-1]
+    head, sep, rest = last.partition(": ")
+    return rest if sep and head.replace(".", "").replace("_", "").isalnum() else last
 
 
 def derive_trimap(alpha, kernel_size=EVAL_KERNEL):
@@ -210,12 +246,15 @@ def save_ranked_grid(path, rows, legend="", gap=4, header=22):
         raise OSError(f"could not write {path}")
 
 
-def new_output_dir(weights=None, fallback="results_test"):
-    """A new ``test_<timestamp>`` folder in the weights' run folder, else under ``fallback``."""
+def new_output_dir(weights=None, fallback="results_test", create=True):
+    """A new ``test_<timestamp>`` folder in the weights' run folder, else under ``fallback``;
+    ``create=False``: only its name (made when there is something to write, so that a run that
+    fails leaves no empty folder)."""
     parent = run_folder_of(weights) or fallback
     base = os.path.join(parent, time.strftime("test_%Y%m%d_%H%M%S"))
     path, n = base, 1
     while os.path.exists(path):
         path, n = f"{base}_{n}", n + 1
-    os.makedirs(path)
+    if create:
+        os.makedirs(path)
     return path
