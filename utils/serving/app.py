@@ -1,0 +1,353 @@
+"""The HTTP server's app: one model loaded once, rembg's ``/api/remove``, our ``/api/matte``, a
+health check, the model's description and a web page.
+
+    app = create_app(ServeConfig(model="best.pth", size=320))   # what serve.py runs on uvicorn
+    with TestClient(app) as client:                              # the model loads on entering
+        png = client.post("/api/remove", files={"file": open("photo.jpg", "rb")}).content
+
+Each route parses its request, makes one pass through the inference core (decoding and the
+rest in the batcher's thread pool, the network in its batches) and builds the response; every
+refusal is an ``ApiError`` that ``error_response`` turns into ``{"error": ..., "status": ...}``
+in one place. Nothing of a request is kept after it is answered, and no route reads a file or
+a URL a client names: the server is stateless, so several processes can stand behind any load
+balancer (one per GPU).
+"""
+import asyncio
+import json
+import logging
+import os
+import secrets
+import sys
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES
+from utils.inference.core import MatteOptions, Matter, ModelOutputError, refine_options
+from utils.inference.onnx_model import OnnxModel, is_onnx_path, load_any_model
+from utils.runs import find_weights, network_size
+
+from .batcher import Batcher
+from .limits import ApiError, Limits, Occupancy, UploadGate, decode_upload, parse_colour
+from .render import FORMATS, OUTPUT_KINDS, encode, full_alpha, rembg_output, render
+
+log = logging.getLogger("serve")
+CONFIG_ENV = "U2NET_SERVE_CONFIG"  # how uvicorn's worker processes get the settings (--workers)
+UPLOAD_ROUTES = ("/api/remove", "/api/matte")
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+NO_MODEL = ("no model found: pass --model FILE (U2NET/U2NETP weights, e.g. a results_stage*/<run>/model/best.pth, "
+            "or an .onnx from export.py), or train one (python train_stage1.py, python train_stage2.py)")
+URL_REFUSED = ("this server does not fetch URLs (a server that fetches what clients name can be made to reach "
+               "private addresses); send the image itself: POST /api/remove with the multipart field 'file'")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything a server process needs, as plain values (it travels to uvicorn's worker
+    processes as JSON). model: a .pth or .onnx file, None for apply.py's choice (the newest
+    trained best.pth); size None: the weights' training size (``utils.runs.network_size``);
+    refine: the default refinement; threads: the network's CPU threads (None: all cores);
+    max_batch/max_wait_ms: batching; pool: threads for decoding, refinement and encoding;
+    api_key: required in the X-API-Key header of the upload routes when set; cors: allowed
+    origins (none: no CORS headers)."""
+    model: str | None = None
+    size: int | None = None
+    resize: str = "square"
+    device: str = "auto"
+    precision: str = "fp32"
+    refine: str = "guided"
+    threads: int | None = None
+    max_batch: int = 4
+    max_wait_ms: float = 5.0
+    pool: int = 2
+    limits: Limits = field(default_factory=Limits)
+    api_key: str | None = None
+    cors: tuple = ()
+
+    def __post_init__(self):
+        for name, allowed in (("resize", RESIZE_POLICIES), ("precision", PRECISIONS), ("refine", REFINE_METHODS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("max_batch", "pool"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServeConfig":
+        values = json.loads(text)
+        return cls(**{**values, "limits": Limits(**values["limits"]), "cors": tuple(values["cors"])})
+
+
+# ---------------------------------------------------------------- the model
+def resolve_model(config: ServeConfig) -> str:
+    """The weight file to serve: ``config.model``, else the newest trained best.pth (apply.py's
+    rule, ``utils.runs.find_weights``). Raises ValueError when there is none or it is missing."""
+    path = find_weights("serve", config.model)
+    if path is None:
+        raise ValueError(NO_MODEL)
+    if not os.path.isfile(path):
+        raise ValueError(f"--model {path}: no such file")
+    return path
+
+
+def load_matter(config: ServeConfig) -> Matter:
+    """The ``Matter`` of a server process, as apply.py builds its own (``load_any_model``, the
+    size by ``network_size``), with ``batch_size = max_batch``. Raises ValueError naming the file."""
+    path = resolve_model(config)
+    if is_onnx_path(path):
+        model = load_any_model(path, device=config.device, threads=config.threads)
+        device = model.device
+    else:
+        import torch
+
+        from utils.device import resolve_device
+
+        device = resolve_device(config.device)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        model = load_any_model(path, device=device)
+    size, source = network_size(path, config.size, getattr(model, "input_size", None))
+    options = MatteOptions(size=size, resize=config.resize, device=str(device), precision=config.precision,
+                           batch_size=config.max_batch, refine=refine_options(config.refine))
+    matter = Matter(model, options, copy_model=False)
+    matter.path, matter.size_source = path, source
+    return matter
+
+
+# ---------------------------------------------------------------- errors, in one place
+def error_response(err: ApiError) -> JSONResponse:
+    """``{"error": message, "status": code}`` with the error's status and headers."""
+    return JSONResponse({"error": err.message, "status": err.status}, status_code=err.status, headers=err.headers)
+
+
+async def send_refusal(scope, receive, send, err: ApiError) -> None:
+    """An ``ApiError`` sent from below the app (``UploadGate``)."""
+    await error_response(err)(scope, receive, send)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request, err):
+        return error_response(err)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, err):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
+                             for e in err.errors())
+        return error_response(ApiError(422, f"bad request: {problems}"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, err):
+        return error_response(ApiError(err.status_code, str(err.detail), getattr(err, "headers", None)))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, err):  # logged with its traceback; the client gets one line
+        log.exception("%s %s failed", request.method, request.url.path)
+        return error_response(ApiError(500, f"internal error: {type(err).__name__}: {err}"))
+
+
+# ---------------------------------------------------------------- the app
+def create_app(config: ServeConfig) -> FastAPI:
+    """The FastAPI app for ``config``; the model loads when the app starts (its lifespan)."""
+    occupancy = Occupancy()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        matter = load_matter(config)
+        app.state.matter = matter
+        app.state.batcher = Batcher(matter, config.max_batch, config.max_wait_ms, config.pool)
+        runtime = "onnxruntime" if isinstance(matter._run, OnnxModel) else config.precision
+        log.info("serving %s (%s, %dx%d from %s) on %s, %s; refine %s; batches of up to %d",
+                 matter.path, matter.arch, matter.options.size, matter.options.size, matter.size_source,
+                 matter.device, runtime, config.refine, config.max_batch)
+        try:
+            yield
+        finally:
+            app.state.batcher.close()
+
+    app = FastAPI(title="U^2-Net human matting", lifespan=lifespan, version="1.0",
+                  description="Background removal for photos of people. POST /api/remove takes rembg's "
+                              "request; POST /api/matte gives alpha mattes, cut-outs and composites.")
+    add_error_handlers(app)
+    app.add_middleware(UploadGate, limits=config.limits, paths=UPLOAD_ROUTES, respond=send_refusal,
+                       occupancy=occupancy)
+    if config.cors:
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors), allow_methods=["GET", "POST"],
+                           allow_headers=["X-API-Key", "Content-Type"])
+    pages = {name: open(os.path.join(STATIC, name), encoding="utf-8").read()
+             for name in ("index.html", *STATIC_FILES)}  # read once: no request path reaches the disk
+
+    def check_key(request: Request) -> None:
+        if config.api_key and not secrets.compare_digest(request.headers.get("x-api-key", ""), config.api_key):
+            raise ApiError(401, "missing or wrong API key: send it in the X-API-Key header")
+
+    async def photo_to_alpha(request: Request, data: bytes, method: str | None, options: dict | None = None):
+        """(photo uint8 (H,W,3), alpha float32 (H,W)) of an upload, under the request time limit."""
+        batcher, matter = request.app.state.batcher, request.app.state.matter
+
+        async def work():
+            image = await batcher.run(decode_upload, data, config.limits.max_pixels)
+            coarse = await batcher.coarse(image)
+            return image, await batcher.run(full_alpha, matter, image, coarse, method, options)
+        return await within_time(work())
+
+    async def within_time(coroutine):
+        try:
+            return await asyncio.wait_for(coroutine, config.limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(504, f"the request took over {config.limits.timeout_s:g} s (--timeout)") from None
+        except ModelOutputError as err:  # the weights' fault, not the photo's
+            raise ApiError(500, f"the model failed: {err}") from err
+
+    # ------------------------------------------------------------ pages and status
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index():
+        return HTMLResponse(pages["index.html"])
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str):
+        if name not in STATIC_FILES:
+            raise ApiError(404, f"no static file {name!r}")
+        return Response(pages[name], media_type=STATIC_FILES[name])
+
+    @app.get("/healthz", summary="Ready, and how many requests are in the server")
+    async def healthz(request: Request):
+        batcher = request.app.state.batcher
+        return {"status": "ready", "queue": occupancy.in_server, "max_queue": config.limits.max_queue,
+                "waiting_for_network": batcher.waiting, "network": batcher.stats.as_dict()}
+
+    @app.get("/api/info", summary="The model served and the server's limits")
+    async def info(request: Request):
+        matter = request.app.state.matter
+        limits = config.limits
+        return {"arch": matter.arch, "size": matter.options.size, "resize": matter.options.resize,
+                "device": matter.device, "precision": config.precision,
+                "runtime": "onnxruntime" if isinstance(matter._run, OnnxModel) else "pytorch",
+                "refine": config.refine, "refine_methods": list(REFINE_METHODS), "outputs": list(OUTPUT_KINDS),
+                "formats": list(FORMATS), "max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms,
+                "api_key_required": bool(config.api_key),
+                "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
+                           "max_queue": limits.max_queue, "timeout_s": limits.timeout_s}}
+
+    # ------------------------------------------------------------ rembg's API
+    @app.get("/api/remove", summary="rembg's URL form: refused (this server fetches no URLs)")
+    async def remove_url(url: str | None = Query(None)):
+        raise ApiError(400, URL_REFUSED)
+
+    @app.post("/api/remove", dependencies=[Depends(check_key)],
+              summary="rembg 2.0.86's POST /api/remove: the photo's cut-out as an RGBA PNG",
+              responses={200: {"content": {"image/png": {}}}})
+    async def remove(request: Request,
+                     file: UploadFile | None = File(None, description="the photo"),
+                     model: str | None = Form(None, description="accepted and ignored: one model is served"),
+                     a: bool | None = Form(None, description="alpha matting: refine with matting"),
+                     af: int | None = Form(None, ge=0, le=255, description="matting: sure foreground above af/255"),
+                     ab: int | None = Form(None, ge=0, le=255, description="matting: sure background below ab/255"),
+                     ae: int | None = Form(None, ge=0, description="accepted; the band follows the photo's scale"),
+                     om: bool | None = Form(None, description="only the mask (8-bit gray PNG)"),
+                     ppm: bool | None = Form(None, description="post-process the mask (rembg's binary mask)"),
+                     url: str | None = Form(None, include_in_schema=False),
+                     bgc: str | None = Query(None, description="background colour r,g,b,a (0-255)"),
+                     extras: str | None = Query(None, description="accepted and ignored")):
+        if file is None:
+            raise ApiError(400 if url else 422, URL_REFUSED if url else "no file: send the photo as the multipart "
+                                                                        "field 'file'")
+        fields = rembg_fields(request, a=a, af=af, ab=ab, ae=ae, om=om, ppm=ppm)
+        colour = parse_colour(bgc, "bgc") if bgc else None
+        method, options = ("matting", matting_thresholds(fields)) if fields["a"] else (None, None)
+        image, alpha = await photo_to_alpha(request, await file.read(), method, options)
+        batcher = request.app.state.batcher
+        body, media_type = await within_time(batcher.run(
+            lambda: encode(rembg_output(image, alpha, fields["om"], fields["ppm"], colour))))
+        return Response(body, media_type=media_type)
+
+    # ------------------------------------------------------------ ours
+    @app.post("/api/matte", dependencies=[Depends(check_key)],
+              summary="An alpha matte, cut-out or composite at the photo's size, as apply.py writes it",
+              responses={200: {"content": {"image/png": {}, "image/webp": {}}}})
+    async def matte(request: Request,
+                    file: UploadFile = File(..., description="the photo"),
+                    outputs: str = Form("cutout", description="alpha | cutout | composite"),
+                    refine: str | None = Form(None, description="none | guided | matting (default: the server's)"),
+                    background: str = Form("#ffffff", description="composite: a colour (#00ff00, white, 0,255,0)"),
+                    background_file: UploadFile | None = File(None, description="composite: a background image"),
+                    format: str = Form("png", description="png | webp")):
+        if outputs not in OUTPUT_KINDS:
+            raise ApiError(422, f"outputs {outputs!r}: expected one of {', '.join(OUTPUT_KINDS)}")
+        if refine is not None and refine not in REFINE_METHODS:
+            raise ApiError(422, f"refine {refine!r}: expected one of {', '.join(REFINE_METHODS)}")
+        if format not in FORMATS:
+            raise ApiError(422, f"format {format!r}: expected one of {', '.join(FORMATS)}")
+        batcher = request.app.state.batcher
+        under = None
+        if outputs == "composite":
+            under = (await within_time(batcher.run(decode_upload, await background_file.read(),
+                                                   config.limits.max_pixels))
+                     if background_file is not None else
+                     np.array(parse_colour(background, "background")[:3], dtype=np.uint8))
+        image, alpha = await photo_to_alpha(request, await file.read(), refine)
+        body, media_type = await within_time(batcher.run(
+            lambda: encode(render(outputs, image, alpha, under), format)))
+        return Response(body, media_type=media_type,
+                        headers={"X-Refine": refine or config.refine, "X-Image-Size": f"{image.shape[1]}x{image.shape[0]}"})
+
+    return app
+
+
+def rembg_fields(request: Request, **form) -> dict:
+    """rembg's form fields, each from the form, else from the query string (some of rembg's
+    clients send them there, which rembg itself ignores), else rembg's default."""
+    defaults = {"a": False, "af": None, "ab": None, "ae": None, "om": False, "ppm": False}
+    query = request.query_params
+    out = {}
+    for name, value in form.items():
+        if value is None and name in query:
+            text = query[name].strip().lower()
+            if defaults[name] is False:
+                if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ApiError(422, f"{name} {query[name]!r}: expected true or false")
+                value = text in ("1", "true", "yes", "on")
+            else:
+                try:
+                    value = int(text)
+                except ValueError:
+                    raise ApiError(422, f"{name} {query[name]!r}: expected an integer") from None
+        out[name] = defaults[name] if value is None else value
+    return out
+
+
+def matting_thresholds(fields: dict) -> dict:
+    """Our matting's trimap thresholds from rembg's ``af``/``ab`` when a client sends them (rembg:
+    mask above af is sure foreground, below ab sure background); our defaults otherwise."""
+    options = {}
+    if fields["af"] is not None:
+        options["high"] = min(fields["af"], 254) / 255.0
+    if fields["ab"] is not None:
+        options["low"] = max(fields["ab"], 1) / 255.0
+    if options.get("low", 0.0) >= options.get("high", 1.0):
+        raise ApiError(422, f"ab ({fields['ab']}) must be below af ({fields['af']})")
+    return options
+
+
+def app_from_env() -> FastAPI:
+    """``create_app`` for the settings serve.py put in ``$U2NET_SERVE_CONFIG`` (uvicorn's
+    import-string factory, which each of its ``--workers`` processes calls)."""
+    text = os.environ.get(CONFIG_ENV)
+    if not text:
+        sys.exit(f"{CONFIG_ENV} is not set: start the server with python serve.py")
+    return create_app(ServeConfig.from_json(text))
+
