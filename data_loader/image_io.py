@@ -23,6 +23,7 @@ Two checks Pillow does not make:
 import math
 import os
 import re
+import warnings
 import zlib
 from dataclasses import dataclass
 
@@ -48,6 +49,8 @@ modes of some phones need a larger ``max_pixels``. Pillow's own limit still appl
 ``PIL.Image.MAX_IMAGE_PIXELS`` x 2 (179 MP by default) refuses even with a larger ``max_pixels``,
 as an ``ImageReadError`` saying so.
 """
+# Pillow warns from 89.5 MP on; the limit above is the project's, said in its error: one message
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type: gray, RGB, palette, gray+alpha, RGBA
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
