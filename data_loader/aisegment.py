@@ -10,7 +10,7 @@ import os
 
 from .base import MattingDataset
 from .image_io import read_alpha, read_rgb
-from .indexing import DatasetError, SkipReport, check_pair, list_images, require_dir, select_valid
+from .indexing import DatasetError, SkipReport, check_pair, list_images, report_orphan_masks, require_dir, select_valid
 from .splits import in_split
 from .trimap import random_kernel_size
 
@@ -43,6 +43,10 @@ def index_aisegment(root, split, image_num=None):
                           f"clip_img/{rel}", alpha_channel=ALPHA_CHANNEL)
 
     pairs = select_valid(candidates, check, report, cap=image_num)
+    orphans = SkipReport(f"AISegment mattes of {root}")
+    mattes = {os.path.splitext(rel)[0]: f"matting/{rel}" for rel in list_images(matting_dir)}
+    report_orphan_masks(orphans, mattes, {os.path.splitext(matte_relpath(rel))[0] for rel in photos})
+    orphans.warn(len(mattes), stacklevel=4)
     if not pairs:
         raise DatasetError(f"no usable photo/matte pairs in {root}: " + report.message(len(candidates)))
     report.warn(len(candidates), stacklevel=4)

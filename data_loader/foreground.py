@@ -18,8 +18,8 @@ from .compositing import composite, cover_background, random_background, solid_c
 from .e2h import E2HSchedule
 from .foreground_cache import ForegroundCache, build_shared, default_cache_dir
 from .image_io import ImageReadError, read_alpha, read_rgb
-from .indexing import (DatasetError, SkipReport, check_image, check_pair, list_images, require_dir,
-                       select_valid)
+from .indexing import (DatasetError, SkipReport, check_image, check_pair, list_images, report_orphan_masks,
+                       require_dir, select_valid)
 from .splits import in_split, key_seed, stable_choice
 from .trimap import random_kernel_size
 
@@ -51,6 +51,7 @@ def index_foregrounds(root, split, image_num=None):
     if not categories:
         raise DatasetError(f"no category folder (a sub-folder holding {PHOTO_DIR}/) under {root}")
     candidates = []  # (name relative to root, photo path, mask path)
+    orphans = SkipReport(f"foreground mattes of {root}")
     for category in categories:
         masks = {}
         mask_dir = os.path.join(root, category, MASK_DIR)
@@ -58,9 +59,13 @@ def index_foregrounds(root, split, image_num=None):
             stem = os.path.splitext(rel)[0]
             if stem not in masks or rel.lower().endswith(".png"):
                 masks[stem] = os.path.join(mask_dir, rel)
-        for rel in list_images(os.path.join(root, category, PHOTO_DIR)):
+        photos = list_images(os.path.join(root, category, PHOTO_DIR))
+        for rel in photos:
             mask = masks.get(os.path.splitext(rel)[0], os.path.join(mask_dir, os.path.splitext(rel)[0] + ".png"))
             candidates.append((_join(category, PHOTO_DIR, rel), os.path.join(root, category, PHOTO_DIR, rel), mask))
+        report_orphan_masks(orphans, {stem: _join(category, MASK_DIR, os.path.relpath(path, mask_dir).replace(os.sep, "/"))
+                                      for stem, path in masks.items()}, {os.path.splitext(rel)[0] for rel in photos})
+    orphans.warn(len(orphans), stacklevel=4)
     if not candidates:
         raise DatasetError(f"no photos in the {PHOTO_DIR}/ folders of {root} (categories: {', '.join(categories)})")
     total = len(candidates)
@@ -106,7 +111,8 @@ class ForegroundDataset(MattingDataset):
 
     root: paixin_comp_mod folder. split: ``train`` | ``val`` | ``test`` (= val) | ``all``
     (photos and backgrounds split alike). image_num / background_num: keep the first N
-    (sorted paths) of the split. schedule: ``E2HSchedule`` or its kind (``step``, ``linear``,
+    (sorted paths) of the split; easy_background_num: the same for ``background_easy/`` (None:
+    ``background_num``). schedule: ``E2HSchedule`` or its kind (``step``, ``linear``,
     ``none``). cache_dir: foreground cache (default ``foreground_cache.default_cache_dir``).
     precompute: estimate missing foregrounds now, with a progress bar (else on first draw); under
     torchrun every rank estimates its part, then waits for the others (``build_shared``).
@@ -120,12 +126,13 @@ class ForegroundDataset(MattingDataset):
 
     def __init__(self, root, split="train", image_num=None, background_num=None, schedule=None,
                  image_size=320, crop_size=288, seed=0, cache_dir=None, augment=None, precompute=True,
-                 progress=True):
+                 progress=True, easy_background_num=None):
         super().__init__(root, split, image_size, crop_size, seed, augment)
         schedule = E2HSchedule() if schedule is None else schedule
         self.schedule = E2HSchedule(schedule) if isinstance(schedule, str) else schedule
         self.hard = index_backgrounds(self.root, BACKGROUND_DIR, split, background_num)
-        self.easy = index_backgrounds(self.root, EASY_BACKGROUND_DIR, split, background_num, required=False)
+        easy_num = background_num if easy_background_num is None else easy_background_num
+        self.easy = index_backgrounds(self.root, EASY_BACKGROUND_DIR, split, easy_num, required=False)
         pairs, self.skipped = index_foregrounds(self.root, split, image_num)
         work_side = math.ceil(self.image_size * self.augment.max_scale) if self.training else None
         self.cache = ForegroundCache(cache_dir or default_cache_dir(self.root), work_short_side=work_side)
@@ -184,7 +191,7 @@ class ForegroundDataset(MattingDataset):
         one (a ``background_easy/`` image, else a solid colour), so any ratio is reproducible."""
         pair = self.pairs[index]
         fg = self.cache.load_full(pair)
-        alpha = read_alpha(pair.mask)
+        alpha = read_alpha(pair.mask, channel=pair.alpha_channel)
         if alpha.shape != fg.shape[:2]:
             raise ImageReadError(pair.mask, f"size {alpha.shape[::-1]} differs from its photo's {fg.shape[1::-1]}")
         key = f"{self.seed}:{pair.name}"

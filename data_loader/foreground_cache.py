@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,7 +30,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from utils.distributed import get_rank, get_world_size, wait_for_all
+from utils.distributed import gather_objects, get_rank, get_world_size, wait_for_all
 from utils.fileio import atomic_write
 
 from .image_io import ImageReadError, read_alpha, read_rgb
@@ -118,9 +119,15 @@ class ForegroundCache:
         """(full-resolution .png path, training .npy path or None) of ``pair``'s entry now."""
         prefix = hashlib.sha1(pair.name.encode("utf-8")).hexdigest()[:16]
         stamp = f"{CACHE_VERSION}|{self._stamp(pair.photo)}|{self._stamp(pair.mask)}|{pair.exif}"
+        if self._channel(pair) is not None:  # an RGBA/LA matte's alpha band (entries of gray mattes keep their names)
+            stamp += f"|a{self._channel(pair)}"
         base = os.path.join(self.cache_dir, f"{prefix}-{hashlib.sha1(stamp.encode()).hexdigest()[:12]}")
         work = f"{base}.s{self.work_short_side}.npy" if self.work_short_side else None
         return f"{base}.png", work
+
+    def _channel(self, pair):
+        """The matte band holding the alpha: the cache's ``alpha_channel`` if set, else the pair's."""
+        return pair.alpha_channel if self.alpha_channel is None else self.alpha_channel
 
     def is_fresh(self, pair):
         """True if the entry exists for the source files as they are now."""
@@ -142,7 +149,7 @@ class ForegroundCache:
         or None). The foreground is estimated only if its full-resolution file is missing or
         unreadable (a new ``work_short_side`` reuses it). Raises ``ImageReadError``."""
         full_path, work_path = self.paths(pair)
-        alpha = read_alpha(pair.mask, channel=self.alpha_channel)
+        alpha = read_alpha(pair.mask, channel=self._channel(pair))
         fg = self._read_png(full_path)
         fresh = fg is None or fg.shape[:2] != alpha.shape
         if fresh:
@@ -154,6 +161,10 @@ class ForegroundCache:
                 fg = (self.estimator or estimate_foreground)(rgb, alpha)
             except subprocess.CalledProcessError as err:
                 raise ImageReadError(pair.photo, f"foreground estimation failed: {err.stderr[-500:]!r}") from err
+            except Exception as err:  # noqa: BLE001  pymatting fails on some photos (ZeroDivisionError on
+                # a 1x1 one), whatever it raises: that photo's failure alone, skipped by name, never the run's
+                raise ImageReadError(pair.photo, f"foreground estimation failed "
+                                                 f"({type(err).__name__}: {err})") from err
         work = self._work_copy(fg, alpha) if work_path else None
         try:
             if fresh:
@@ -224,7 +235,7 @@ class ForegroundCache:
         full_path, work_path = self.paths(pair)
         if work_path is None:
             fg = self.load_full(pair)
-            return fg, read_alpha(pair.mask, channel=self.alpha_channel)
+            return fg, read_alpha(pair.mask, channel=self._channel(pair))
         try:
             rgba = np.load(work_path)
             if rgba.dtype != np.uint8 or rgba.ndim != 3 or rgba.shape[2] != 4:
@@ -248,12 +259,58 @@ def photo_work_timeout(photos):
     return datetime.timedelta(minutes=30, seconds=SECONDS_PER_PHOTO_BOUND * photos)
 
 
+def work_share(rank, world, local_rank, local_world, sharing):
+    """``(index, count)``: this process estimates ``pairs[index::count]`` before the barrier.
+
+    ``sharing``: how many processes see the cache folder this one writes (``ranks_sharing``).
+    All of them (one folder for the whole job): the job's processes split the work, ``(rank,
+    world)``. Only this machine's (a node-local folder, e.g. the dataset copied to each node's
+    disk): each machine's processes split it among themselves, ``(local_rank, local_world)``,
+    so that no machine waits on photos estimated into another machine's folder. Anything else:
+    ``(0, 1)``, this process estimates everything (correct, only slower).
+
+    >>> work_share(5, 8, 1, 4, sharing=4)  # rank 5 = local rank 1 of 4 on the second machine
+    (1, 4)
+    """
+    if sharing >= world:
+        return rank, world
+    if sharing == local_world:
+        return local_rank, local_world
+    return 0, 1
+
+
+def ranks_sharing(cache_dir, rank):
+    """How many processes of the job see ``cache_dir`` as this one does (a collective call).
+
+    Each process writes an empty probe file named by a token from rank 0 and its rank, all
+    wait, each counts the probes it sees, all wait again, each removes its own. A process that
+    cannot write there counts what it sees (its writes fail the same way later, and warn).
+    """
+    token = gather_objects(uuid.uuid4().hex if rank == 0 else None)[0]
+    probe = os.path.join(cache_dir, f".probe-{token}-{rank}")
+    try:
+        atomic_write(probe, b"")
+    except OSError:
+        probe = None
+    wait_for_all(datetime.timedelta(minutes=10), what="the other ranks' probe of the foreground cache folder")
+    seen = len(glob.glob(os.path.join(glob.escape(cache_dir), f".probe-{token}-*")))
+    wait_for_all(datetime.timedelta(minutes=10), what="the other ranks' probe of the foreground cache folder")
+    if probe:
+        try:
+            os.remove(probe)
+        except OSError:
+            pass
+    return seen
+
+
 def build_shared(cache, pairs, progress=True, threads=None):
     """``cache.build(pairs)`` shared by the torchrun processes, the same failures on every rank.
 
-    Each rank estimates its part, ``pairs[rank::world]``, with a progress bar of its own; then
-    all wait for the slowest (``utils.distributed.wait_for_all``: a gloo barrier whose timeout,
-    30 minutes plus 60 s per photo of the largest part, covers the work, out of reach of NCCL's 10-minute
+    Each rank estimates its part (``work_share``: ``pairs[rank::world]`` when the cache folder
+    is the job's, ``pairs[local_rank::local_world]`` when each machine has its own, from
+    ``LOCAL_RANK``/``LOCAL_WORLD_SIZE``), with a progress bar of its own; then all wait for the
+    slowest (``utils.distributed.wait_for_all``: a gloo barrier whose timeout, 30 minutes plus
+    60 s per photo of the largest part, covers the work, out of reach of NCCL's 10-minute
     watchdog); then each checks the whole list, computing what a rank left undone, so every rank
     returns the same {name: ImageReadError}. With one process (or no process group) this is
     ``cache.build(pairs)``.
@@ -261,8 +318,13 @@ def build_shared(cache, pairs, progress=True, threads=None):
     world = get_world_size()
     if world == 1:
         return cache.build(pairs, progress=progress, threads=threads)
+    rank = get_rank()
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    sharing = world if local_world >= world else ranks_sharing(cache.cache_dir, rank)  # one machine: one folder
+    index, count = work_share(rank, world, local_rank, local_world, sharing)
     missing = sum(not cache.is_fresh(p) for p in pairs)
-    cache.build(pairs, progress=progress, threads=threads, share=(get_rank(), world))
-    slowest = min(missing, -(-len(pairs) // world))  # the most photos one rank's part can miss
+    cache.build(pairs, progress=progress, threads=threads, share=(index, count))
+    slowest = min(missing, -(-len(pairs) // count))  # the most photos one rank's part can miss
     wait_for_all(photo_work_timeout(slowest), what=f"the other ranks' foreground estimation ({missing} photos in all)")
     return cache.build(pairs, progress=False, threads=threads)

@@ -5,7 +5,9 @@ decoding), which catches zero-byte, non-image and unknown-format files and photo
 mismatches. Skipped files are summarised in one warning per dataset; a dataset left with no
 usable file raises ``DatasetError`` naming the folder.
 """
+import hashlib
 import os
+import typing
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -22,11 +24,15 @@ _EXAMPLES_IN_WARNING = 3
 class Pair:
     """A photo and its alpha matte (absolute paths). ``name``: the photo's path relative to
     the dataset root (``/`` separators); ``exif``: whether the photo's EXIF orientation
-    applies (False when the matte matches the photo as stored, not as displayed)."""
+    applies (False when the matte matches the photo as stored, not as displayed);
+    ``alpha_channel``: the band of the matte holding the alpha, for ``image_io.read_alpha``
+    (3: the alpha band of an RGBA, LA or transparent-palette matte, as the seed took the last
+    channel; None: a grayscale matte, read as its gray values)."""
     photo: str
     mask: str
     name: str
     exif: bool = True
+    alpha_channel: typing.Optional[int] = None
 
 
 class DatasetError(ValueError):
@@ -118,10 +124,11 @@ def check_pair(photo, mask, name, alpha_channel=None):
         return None, ("unreadable matte", f"{os.path.basename(mask)}: {err.reason}")
     if alpha_channel == 3 and not mask_header.has_alpha:
         return None, ("matte without alpha channel", f"{os.path.basename(mask)} is {mask_header.mode}")
+    channel = 3 if mask_header.has_alpha else None
     if mask_header.size == photo_header.size:
-        return Pair(photo, mask, name, exif=True), None
+        return Pair(photo, mask, name, exif=True, alpha_channel=channel), None
     if mask_header.size == photo_header.raw_size:
-        return Pair(photo, mask, name, exif=False), None
+        return Pair(photo, mask, name, exif=False, alpha_channel=channel), None
     (pw, ph), (mw, mh) = photo_header.size, mask_header.size
     return None, ("photo/matte size mismatch", f"photo {pw}x{ph}, matte {mw}x{mh}")
 
@@ -133,3 +140,52 @@ def check_image(path, name):
     except ImageReadError as err:
         return None, ("unreadable", err.reason)
     return name, None
+
+
+def report_orphan_masks(report, masks, photos):
+    """Add to ``report`` every matte (relative name) whose photo is missing: ``masks`` and
+    maps a stem (the pairing key) to its relative name, ``photos`` is the set of the photos'
+    stems. A matte without its photo is never used; the warning says so instead of ignoring
+    it silently."""
+    for stem in sorted(set(masks) - set(photos)):
+        report.add("matte without its photo", masks[stem], "no photo of that name")
+
+
+# ---- the training set a run trained on (checkpoint.pth records it, a resume compares) --------
+
+def training_set_record(pairs):
+    """The files of ``pairs`` as a plain dict for a checkpoint: ``{"count": N, "sha256": hex,
+    "files": [[name, photo "size:mtime_ns", matte "size:mtime_ns"], ...]}`` (sorted by name).
+
+    The hash covers names and sizes only: a copy of the dataset (new mtimes) hashes the same.
+    """
+    files = sorted([pair.name, _stamp(pair.photo), _stamp(pair.mask)] for pair in pairs)
+    digest = hashlib.sha256()
+    for name, photo, mask in files:
+        digest.update(f"{name}\0{photo.split(':')[0]}\0{mask.split(':')[0]}\n".encode("utf-8", "surrogateescape"))
+    return {"count": len(files), "sha256": digest.hexdigest(), "files": files}
+
+
+def _stamp(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing:0"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def training_set_changes(old, new):
+    """What differs between two ``training_set_record``s -> ``(changed, touched)``: ``changed``
+    a one-line description of added, removed and resized files (None: the same set), ``touched``
+    the number of files whose modification time alone differs."""
+    before = {name: (photo, mask) for name, photo, mask in old["files"]}
+    after = {name: (photo, mask) for name, photo, mask in new["files"]}
+    sizes = lambda stamps: tuple(s.split(":")[0] for s in stamps)  # noqa: E731
+    removed = sorted(set(before) - set(after))
+    added = sorted(set(after) - set(before))
+    common = sorted(set(before) & set(after))
+    resized = [n for n in common if sizes(before[n]) != sizes(after[n])]
+    touched = sum(1 for n in common if n not in resized and before[n] != after[n])
+    parts = [f"{len(names)} {what} (e.g. {', '.join(names[:_EXAMPLES_IN_WARNING])})"
+             for what, names in (("removed", removed), ("added", added), ("changed in size", resized)) if names]
+    return ("; ".join(parts) if parts else None), touched

@@ -45,13 +45,17 @@ class Augment:
 
 
 def _resize_pair(image, alpha, out_h, out_w):
-    h, w = image.shape[:2]
-    if (h, w) == (out_h, out_w) and alpha.shape == (h, w):
-        return image, alpha
-    interpolation = resize_interpolation((h, w), (out_h, out_w))
-    image = cv2.resize(image, (out_w, out_h), interpolation=interpolation)
-    alpha = cv2.resize(alpha, (out_w, out_h), interpolation=interpolation)
-    return image, alpha
+    """Both to (out_h, out_w), each by the rule that fits its own size: a JPEG photo decoded at
+    reduced size (``image_io`` draft mode) arrives smaller than its full-resolution alpha, which
+    then shrinks by more and needs the area filter even where the photo's factor does not."""
+    return _resize(image, out_h, out_w), _resize(alpha, out_h, out_w)
+
+
+def _resize(array, out_h, out_w):
+    if array.shape[:2] == (out_h, out_w):
+        return array
+    interpolation = resize_interpolation(array.shape[:2], (out_h, out_w))
+    return cv2.resize(array, (out_w, out_h), interpolation=interpolation)
 
 
 def _fit_short_side(image, alpha, short):

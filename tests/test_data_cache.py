@@ -144,3 +144,39 @@ def test_stale_entry_in_a_forked_worker_is_estimated_safely(make_paixin, tmp_pat
     batches = list(DataLoader(ds, batch_size=1, num_workers=1, multiprocessing_context="fork"))
     assert len(batches) == len(ds) and [b["index"].item() for b in batches] == list(range(len(ds)))
     assert ds.cache.is_fresh(pair)
+
+
+@pytest.mark.parametrize("peers, share", [(1, (1, 2)), (3, (3, 4))])
+def test_a_node_local_cache_is_shared_among_the_nodes_processes(tmp_path, monkeypatch, peers, share):
+    """Rank 3 of 4, local rank 1 of 2 (torchrun's env, mocked: no process group, no GPU).
+    Its cache folder seen by its machine's other process only (a node-local copy): the
+    machine's 2 processes split the photos, pairs[1::2], as no process of the other machine
+    writes there; seen by all 4 (one shared folder): pairs[3::4], as before."""
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(fc, "get_world_size", lambda: 4)
+    monkeypatch.setattr(fc, "get_rank", lambda: 3)
+    monkeypatch.setattr(fc, "gather_objects", lambda obj: ["token"] * 4)
+    cache = ForegroundCache(str(tmp_path / "cache"), estimator=lambda rgb, alpha: rgb)
+    waits = []
+
+    def wait_for_all(timeout, what=""):  # the other processes write their probes meanwhile
+        if not waits:
+            for rank in range(peers):
+                open(os.path.join(cache.cache_dir, f".probe-token-{rank}"), "w").close()
+        waits.append(what)
+    monkeypatch.setattr(fc, "wait_for_all", wait_for_all)
+    shares = []
+    real_build = ForegroundCache.build
+    monkeypatch.setattr(ForegroundCache, "build", lambda self, pairs, share=(0, 1), **kw:
+                        shares.append(share) or real_build(self, pairs, share=share, **kw))
+    pairs = []
+    for i in range(5):
+        photo, alpha = np.full((4, 4, 3), i, np.uint8), np.full((4, 4), 255, np.uint8)
+        Image.fromarray(photo).save(tmp_path / f"p{i}.png")
+        Image.fromarray(alpha).save(tmp_path / f"m{i}.png")
+        pairs.append(Pair(str(tmp_path / f"p{i}.png"), str(tmp_path / f"m{i}.png"), f"p{i}.png"))
+    assert fc.build_shared(cache, pairs, progress=False) == {}
+    assert shares == [share, (0, 1)]  # its part, then after the barrier the whole list is checked
+    assert all(cache.is_fresh(p) for p in pairs)
+    assert not glob.glob(os.path.join(cache.cache_dir, ".probe-token-3"))  # its own probe removed

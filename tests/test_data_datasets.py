@@ -244,3 +244,81 @@ def test_optional_augmentations(make_paixin, make_aisegment):
     for i in range(3):
         check_sample(ds[i], 0.4)
     check_sample(AISegmentDataset(make_aisegment(), "train", augment=augment, **SIZE)[0], 1.0)
+
+
+def test_rgba_and_la_mattes_give_their_alpha_band(make_paixin):
+    """A stage-2 matte saved as RGBA or LA: its alpha band (the seed took the last channel),
+    not the luminance of its colours (white here, which read as an all-1 alpha)."""
+    root = make_paixin(per_category=2, val=1)
+    ds = stage2(root, "all")
+    want = {ds.names[i]: ds.load_full(i)[1] for i in range(len(ds))}
+    for i, pair in enumerate(ds.pairs[:2]):
+        alpha = np.asarray(Image.open(pair.mask))
+        white = np.full_like(alpha, 255)
+        image = (Image.fromarray(np.dstack([white, white, white, alpha]), "RGBA") if i == 0
+                 else Image.fromarray(np.dstack([white, alpha]), "LA"))
+        image.save(pair.mask)
+    ds = stage2(root, "all")
+    assert [p.alpha_channel for p in ds.pairs[:2]] == [3, 3] and ds.pairs[2].alpha_channel is None
+    for i in range(len(ds)):
+        np.testing.assert_array_equal(ds.load_full(i)[1], want[ds.names[i]])
+        fg, alpha = ds.cache.load_work(ds.pairs[i])
+        assert abs(alpha.mean() - want[ds.names[i]].mean()) < 0.02
+
+
+def test_a_photo_pymatting_cannot_process_is_skipped_by_name(make_paixin):
+    """A 1x1 photo (pymatting's estimate_foreground_ml raises ZeroDivisionError on it) is that
+    photo's failure alone: skipped with a warning naming it; the others train."""
+    root = make_paixin(per_category=3, val=1)
+    save(os.path.join(root, "a", "raw_image", "dot.png"), np.full((1, 1, 3), 200, np.uint8))
+    save(os.path.join(root, "a", "mask_image", "dot.png"), np.full((1, 1), 128, np.uint8), "L")
+    with pytest.warns(UserWarning, match=r"foreground estimation failed, e\.g\. a/raw_image/dot\.png .*ZeroDivisionError"):
+        ds = stage2(root, "all")
+    assert len(ds) == 6 and "a/raw_image/dot.png" not in ds.names
+
+
+def test_a_matte_without_its_photo_is_warned(make_paixin, make_aisegment):
+    root = make_paixin(per_category=2, val=1)
+    save(os.path.join(root, "b", "mask_image", "lost.png"), np.zeros((40, 32), np.uint8), "L")
+    with pytest.warns(UserWarning, match=r"1 matte without its photo, e\.g\. b/mask_image/lost\.png"):
+        stage2(root, "all")
+    root = make_aisegment(count=3, val=1)
+    save(os.path.join(root, "matting", "g1", "matting_00000000", "lost.png"), np.zeros((40, 32, 4), np.uint8), "RGBA")
+    with pytest.warns(UserWarning, match=r"matte without its photo, e\.g\. matting/g1/matting_00000000/lost\.png"):
+        AISegmentDataset(root, "all", **SIZE)
+
+
+def test_easy_background_num_caps_the_easy_backgrounds(make_paixin):
+    root = make_paixin(per_category=2, val=1, backgrounds=3, bg_val=0, easy=3)
+    assert (len(stage2(root, "all").easy), len(stage2(root, "all", background_num=1).easy)) == (3, 1)
+    ds = stage2(root, "all", background_num=1, easy_background_num=2)
+    assert (len(ds.hard), len(ds.easy)) == (1, 2)
+
+
+def test_the_training_set_record_names_what_changed(make_paixin):
+    from data_loader.indexing import training_set_changes, training_set_record
+    root = make_paixin(per_category=3, val=1)
+    pairs = stage2(root, "all").pairs
+    record = training_set_record(pairs)
+    assert record["count"] == 6 and training_set_changes(record, training_set_record(pairs)) == (None, 0)
+    os.utime(pairs[0].photo, ns=(1, 1))
+    assert training_set_changes(record, training_set_record(pairs)) == (None, 1)
+    with open(pairs[1].mask, "ab") as f:
+        f.write(b"\0")
+    changed, _ = training_set_changes(record, training_set_record(pairs[1:]))  # pairs[0] gone
+    assert changed == f"1 removed (e.g. {pairs[0].name}); 1 changed in size (e.g. {pairs[1].name})"
+
+
+def test_image_and_alpha_are_each_resized_by_the_rule_of_their_own_size():
+    """A JPEG decoded at reduced size (draft) arrives smaller than its full-resolution alpha:
+    the alpha must shrink with the area filter its own factor calls for, not the photo's."""
+    import cv2
+
+    from data_loader.transforms import RescaleShortSide
+    rng = np.random.default_rng(0)
+    alpha = (rng.random((400, 300)) > 0.5).astype(np.float32)  # full resolution, sharp edges
+    image = rng.integers(0, 256, (200, 150, 3), dtype=np.uint8)  # the photo decoded at 1/2
+    out_image, out_alpha = RescaleShortSide(128)(image, alpha)
+    assert out_image.shape == (171, 128, 3) and out_alpha.shape == (171, 128)
+    np.testing.assert_array_equal(out_alpha, cv2.resize(alpha, (128, 171), interpolation=cv2.INTER_AREA))
+    np.testing.assert_array_equal(out_image, cv2.resize(image, (128, 171), interpolation=cv2.INTER_LINEAR))
