@@ -82,9 +82,43 @@ def test_bad_inputs_are_named():
 
 def test_lr_schedules():
     assert [lr_factor(e, "constant") for e in (0, 50)] == [1.0, 1.0]
-    # seed: constant for 11 * update_ratio_epoch epochs, then x0.975 per epoch
-    assert [lr_factor(e, "seed", update_ratio_epoch=2) for e in range(22)] == [1.0] * 22
-    assert lr_factor(22, "seed", update_ratio_epoch=2) == pytest.approx(0.975)
-    assert lr_factor(25, "seed", update_ratio_epoch=2) == pytest.approx(0.975 ** 4)
+    # seed: the base lr while epoch <= 11 * update_ratio_epoch (the seed's test), then x0.975 per epoch
+    assert [lr_factor(e, "seed", update_ratio_epoch=2) for e in range(23)] == [1.0] * 23
+    assert lr_factor(23, "seed", update_ratio_epoch=2) == pytest.approx(0.975)
+    assert lr_factor(26, "seed", update_ratio_epoch=2) == pytest.approx(0.975 ** 4)
     assert lr_factor(0, "cosine", epoch_num=4) == 1.0
     assert lr_factor(2, "cosine", epoch_num=4) == pytest.approx(0.5)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()` before")
+def test_extending_a_cosine_run_goes_on_from_its_last_lr():
+    """A cosine run of 4 epochs stopped after 3, resumed with epoch_num=12: the lr goes on down
+    from the last epoch's (0.5), never up (recomputing the curve for 12 epochs gave 0.85 at
+    epoch 3), and nears 0 at the new end; the checkpointed state restores the curve."""
+    from types import SimpleNamespace
+
+    from utils.training.lr import build_scheduler, extend_schedule
+    net = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1.0)
+    scheduler = build_scheduler(optimizer, SimpleNamespace(lr_schedule="cosine", epoch_num=4))
+    lrs = []
+    for _ in range(3):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()
+    saved = (optimizer.state_dict(), scheduler.state_dict())
+    optimizer = torch.optim.Adam(net.parameters(), lr=1.0)
+    scheduler = build_scheduler(optimizer, SimpleNamespace(lr_schedule="cosine", epoch_num=12))
+    optimizer.load_state_dict(saved[0])
+    scheduler.load_state_dict(saved[1])
+    assert "extended from epoch_num 4 to 12" in extend_schedule(scheduler, 12)
+    for _ in range(3, 12):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()
+    assert lrs[:3] == pytest.approx([1.0, 0.5 + 0.5 ** 1.5, 0.5])
+    assert all(b < a for a, b in zip(lrs[2:], lrs[3:])), lrs  # down all the way, no jump
+    assert lrs[3] == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi / 10)))
+    assert 0 < lrs[-1] < 0.02
+    # the state_dict holds the extended curve: a second resume at the same epoch_num keeps it
+    again = build_scheduler(torch.optim.Adam(net.parameters(), lr=1.0), SimpleNamespace(lr_schedule="cosine", epoch_num=12))
+    again.load_state_dict(scheduler.state_dict())
+    assert extend_schedule(again, 12) is None and again.lr_lambdas[0](5) == pytest.approx(lrs[5])
