@@ -49,6 +49,15 @@ def test_int_accepted_for_float(config):
     ("pth_name=missing.pth", ["missing.pth", "not a file"]),
     ("resume=/no/such/run", ["resume", "not a run folder"]),
     ("batch_size", ["expected KEY=VALUE"]),
+    ("dataloader.num_worker=-1", ["--set dataloader.num_worker=-1: dataloader.num_worker must be 0 or more"]),
+    ("seed=-1", ["--set seed=-1: seed must be in [0, 2**32), got -1"]),
+    (f"seed={2 ** 70}", [f"seed must be in [0, 2**32), got {2 ** 70}"]),
+    ("lr=NaN", ["--set lr=NaN: lr must be a finite number, got nan"]),
+    ("lr=Infinity", ["lr must be a finite number, got inf"]),
+    ("dataset_path=", ["--set dataset_path=: dataset_path is empty"]),
+    ("image_num=0", ["--set image_num=0: image_num must be at least 1 or None (all the split's photos), got 0"]),
+    ("background_num=0", ["background_num must be at least 1 or None (all backgrounds)"]),
+    ("val_image_num=0", ["val_image_num must be at least 1", "validation chooses model/best.pth"]),
 ])
 def test_bad_overrides_name_the_key(config, override, words):
     with pytest.raises(SettingsError) as err:
@@ -126,3 +135,24 @@ def test_named_weights_in_model_path_or_its_model_folder(config, tmp_path):
     (run / "best.pth").write_bytes(b"x")
     assert weights_file(s) == str(run / "best.pth")
     assert weights_file(build_settings("train_stage2", config)) is None
+
+
+def test_the_seeds_key_names_are_accepted_with_a_note(config, recwarn):
+    """easy_background_num and dataloader.load_once (the seed's keys) are settings; load_once
+    false, which asked to estimate on every draw, is ignored with a warning that says why."""
+    settings = build_settings("train_stage2", config, ["easy_background_num=3", "dataloader.load_once=true"])
+    assert settings.easy_background_num == 3 and settings.background_num is None and not recwarn.list
+    with pytest.warns(UserWarning, match=r"--set dataloader.load_once=false: dataloader.load_once=false "
+                                         r"\(the seed's key\): ignored: .* cached on disk"):
+        assert build_settings("train_stage2", config, ["dataloader.load_once=false"]).dataloader.load_once is False
+    with pytest.raises(SettingsError, match="unknown key 'easy_background_num'"):
+        build_settings("train_stage1", overrides=["easy_background_num=3"])
+
+
+def test_a_settings_file_that_is_a_folder_or_binary_is_named(tmp_path):
+    with pytest.raises(SettingsError, match=f"{tmp_path}: is a folder, not a settings file"):
+        build_settings("train_stage2", tmp_path)
+    binary = tmp_path / "weights.pth"
+    binary.write_bytes(b"PK\x03\x04\xff\xfe" + bytes(range(256)))
+    with pytest.raises(SettingsError, match=r"weights\.pth: not a text file"):
+        build_settings("train_stage2", binary)

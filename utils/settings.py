@@ -9,8 +9,10 @@ from, raised before any work starts. Keys the file leaves out take the defaults 
 import argparse
 import dataclasses
 import json
+import math
 import os
 import typing
+import warnings
 from dataclasses import dataclass, field
 
 from .constants import AMP_MODES, ARCHITECTURES, E2H_SCHEDULES, LOSSES, LR_SCHEDULES, PRECISIONS, REFINE_METHODS
@@ -28,6 +30,7 @@ class DataLoaderSettings:
     num_worker: int = 2             # DataLoader worker processes (per process under torchrun)
     pin_memory: bool = True         # page-locked batches, faster host-to-GPU copies
     persistent_workers: bool = True  # keep workers alive between epochs
+    load_once: bool = True          # the seed's key: foregrounds are estimated once, cached on disk (false: ignored, warned)
 
 
 @dataclass
@@ -85,7 +88,8 @@ class Stage1Settings(TrainSettings):
 class Stage2Settings(TrainSettings):
     dataset_path: str = "data_examples/paixin_comp_mod"
     results_dir: str = "results_stage2"
-    background_num: typing.Optional[int] = None  # cap on the number of hard backgrounds
+    background_num: typing.Optional[int] = None  # cap on the number of hard backgrounds (None: all)
+    easy_background_num: typing.Optional[int] = None  # the seed's key: cap on background_easy/ images (None: background_num)
     update_ratio_epoch: int = 10         # step schedule: epochs between ratio increases
     lr_schedule: str = "seed"
     e2h: E2HSettings = field(default_factory=E2HSettings)
@@ -117,6 +121,19 @@ CHOICES = {  # the allowed values, declared once in utils/constants.py
 }
 POSITIVE = {"batch_size", "epoch_num", "image_size", "crop_size", "update_ratio_epoch",
             "e2h.ramp_epochs", "save_every", "lr"}
+AT_LEAST_ONE = {  # None means "all"; 0 would mean an empty set, which no run can use
+    "image_num": "None (all the split's photos)", "val_image_num": "None (the whole validation split)",
+    "background_num": "None (all backgrounds)", "easy_background_num": "None (as background_num)"}
+NOT_NEGATIVE = {"dataloader.num_worker", "weight_decay", "grad_clip", "unknown_loss_weight"}
+SEED_RANGE = 2 ** 32  # numpy's seeds are 32-bit (utils.distributed.seed_everything adds the rank)
+# The seed's key names are kept. easy_background_num is a setting like background_num;
+# dataloader.load_once is accepted, and false noted: what it asked for is not done, and why.
+IGNORED_SEED_VALUES = {
+    ("dataloader.load_once", False): "ignored: the seed estimated each foreground again on every draw "
+    "without it; here every foreground is estimated once and cached on disk "
+    "(data_loader/foreground_cache.py), which gives each draw the same foreground, faster; "
+    "true (the seed's estimate-once, held in RAM) is what the cache does, on disk",
+}
 
 
 def _check_type(value, hint, key, source):
@@ -178,14 +195,26 @@ def _parse_override(item, settings):
 
 
 def _validate(settings, sources):
-    """Allowed values, positive numbers and existing paths; errors name the key and its source."""
+    """Allowed values, ranges and existing paths; errors name the key and its source."""
     flat = _flatten(dataclasses.asdict(settings))
     for key, value in flat.items():
         src = sources.get(key, "defaults")
         if key in CHOICES and value not in CHOICES[key] and not (key == "arch" and value == ""):
             raise SettingsError(f"{src}: {key} must be one of {sorted(CHOICES[key])}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SettingsError(f"{src}: {key} must be a finite number, got {value!r}")
         if key in POSITIVE and value is not None and value <= 0:
             raise SettingsError(f"{src}: {key} must be positive, got {value!r}")
+        if key in NOT_NEGATIVE and value < 0:
+            raise SettingsError(f"{src}: {key} must be 0 or more, got {value!r}")
+        if key in AT_LEAST_ONE and value is not None and value < 1:
+            raise SettingsError(f"{src}: {key} must be at least 1 or {AT_LEAST_ONE[key]}, got {value!r}"
+                                + (": validation chooses model/best.pth" if key == "val_image_num" else ""))
+    if not 0 <= flat.get("seed", 0) < SEED_RANGE:
+        raise SettingsError(f"{sources.get('seed', 'defaults')}: seed must be in [0, 2**32), got {flat['seed']!r}")
+    if isinstance(settings, TrainSettings) and not flat["dataset_path"]:
+        raise SettingsError(f"{sources.get('dataset_path', 'defaults')}: dataset_path is empty; "
+                            f"name the dataset folder")
     if not 0.0 <= flat.get("heldout_ratio", 1.0) <= 1.0:
         raise SettingsError(f"{sources.get('heldout_ratio', 'defaults')}: heldout_ratio must be in [0, 1], "
                             f"got {flat['heldout_ratio']!r}")
@@ -232,13 +261,7 @@ def build_settings(script, config=None, overrides=()):
         raise SettingsError(f"no settings schema for script {script!r}")
     settings = SCHEMAS[script]()
     config = config or default_config_path(script)
-    try:
-        with open(config) as f:
-            data = json.load(f)
-    except FileNotFoundError as err:
-        raise SettingsError(f"{config}: settings file not found") from err
-    except json.JSONDecodeError as err:
-        raise SettingsError(f"{config}: not valid JSON: {err}") from err
+    data = _read_json(config)
     _merge(settings, data, config)
     sources = {key: config for key in _flatten(data)}
     for item in overrides:
@@ -246,7 +269,38 @@ def build_settings(script, config=None, overrides=()):
         _merge(settings, nested, f"--set {item}")
         sources[key] = f"--set {item}"
     _validate(settings, sources)
+    settings._sources = sources  # not a field: asdict, equality and settings.json leave it out
+    flat = _flatten(dataclasses.asdict(settings))
+    for (key, value), note in IGNORED_SEED_VALUES.items():
+        if key in flat and flat[key] is value:
+            warnings.warn(f"{sources.get(key, 'defaults')}: {key}={json.dumps(value)} (the seed's key): {note}",
+                          stacklevel=3)
     return settings
+
+
+def _read_json(config):
+    """The JSON object in file ``config``; SettingsError naming the file for a missing, unreadable,
+    binary or non-JSON file, or a folder."""
+    try:
+        with open(config, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as err:
+        raise SettingsError(f"{config}: settings file not found") from err
+    except IsADirectoryError as err:
+        raise SettingsError(f"{config}: is a folder, not a settings file") from err
+    except OSError as err:
+        raise SettingsError(f"{config}: cannot read the settings file ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        raise SettingsError(f"{config}: not a text file (not valid UTF-8 at byte {err.start}); "
+                            f"a settings file is JSON") from err
+    except json.JSONDecodeError as err:
+        raise SettingsError(f"{config}: not valid JSON: {err}") from err
+
+
+def setting_source(settings, key):
+    """Where ``key`` of settings from ``build_settings`` came from: the file, ``--set KEY=VALUE``
+    or ``defaults``; for messages that must name it."""
+    return getattr(settings, "_sources", {}).get(key, "defaults")
 
 
 def load_settings(script, argv=None, parser=None):
