@@ -23,11 +23,12 @@ import pytest
 import torch
 
 import train_stage2
-from model import CheckpointError, build_model
+from model import build_model
 from utils.training.checkpoint import atomic_save, capture_rng_state
 from utils.distributed import DistInfo
 from utils.logger import CSVLog
 from utils.settings import build_settings
+from utils.training import entry
 from utils.training.run_folder import COLUMNS, TIMING_COLUMNS, RunFolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,14 +150,14 @@ def record_rng(monkeypatch):
     """Wrap train_stage2's train_one_epoch: record the RNG states at the start of each epoch in
     the returned list, then draw from every generator, as dropout or augmentation in the main
     process would (without this nothing in training draws, and a lost RNG state goes unseen)."""
-    real, seen = train_stage2.train_one_epoch, []
+    real, seen = entry.train_one_epoch, []
 
     def train_one_epoch(state, criterion, loader, epoch, epoch_num):
         seen.append((epoch, capture_rng_state()))
         torch.rand(5), np.random.rand(5), random.random()
         return real(state, criterion, loader, epoch, epoch_num)
 
-    monkeypatch.setattr(train_stage2, "train_one_epoch", train_one_epoch)
+    monkeypatch.setattr(entry, "train_one_epoch", train_one_epoch)
     return seen
 
 
@@ -253,7 +254,7 @@ def test_a_run_stopped_before_its_first_checkpoint_restarts_from_its_starting_we
 
     def stopped_run():  # stopped in its first epoch
         with monkeypatch.context() as patch:
-            patch.setattr(train_stage2, "train_one_epoch", stop)
+            patch.setattr(entry, "train_one_epoch", stop)
             with pytest.raises(Stop):
                 train_stage2.main(sets(*settings, f"results_dir={tmp_path / 'stopped'}"))
         return max(glob.glob(str(tmp_path / "stopped" / "*")), key=os.path.getmtime)
@@ -271,8 +272,9 @@ def test_a_run_stopped_before_its_first_checkpoint_restarts_from_its_starting_we
     assert json.load(open(os.path.join(run, "start.json")))["weights"].endswith(os.path.join("new", "model", "best.pth"))
     torch.manual_seed(3)
     atomic_save(build_model("u2netp").state_dict(), str(tmp_path / "results_stage1" / "new" / "model" / "best.pth"))
-    with pytest.raises(CheckpointError, match="changed since"):
+    with pytest.raises(SystemExit) as exit_info:
         train_stage2.main(sets(f"resume={run}"))
+    assert exit_info.value.code == 2 and "changed since" in capsys.readouterr().err
 
 
 def test_a_checkpoint_without_log_rows_resumes_with_the_csv_rows_of_its_epochs(tmp_path):

@@ -16,6 +16,7 @@ import train_stage1
 import train_stage2
 from model import CheckpointError, build_model, load_model
 from tests.reference_u2net import U2NETP as ReferenceU2NETP
+from utils.training.entry import load_start
 from utils.training.run_folder import COLUMNS
 from utils.settings import build_settings
 
@@ -108,16 +109,71 @@ def test_stage2_starting_weights(make_paixin, init_weights, tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     net = build_model("u2netp")
     with pytest.warns(UserWarning, match="from scratch"):
-        train_stage2.starting_weights(net, settings)
+        assert load_start(net, "train_stage2", settings, None) is None
     os.makedirs("results_stage1/run/model")
     torch.save(best, "results_stage1/run/model/best.pth")
-    train_stage2.starting_weights(net, settings)
+    assert load_start(net, "train_stage2", settings, None).endswith(os.path.join("run", "model", "best.pth"))
     torch.testing.assert_close(net.state_dict(), best)
+    stage1 = build_settings("train_stage1", overrides=TINY + [f"dataset_path={dataset}"])
+    assert load_start(build_model("u2netp"), "train_stage1", stage1, None) is None  # stage 1: none to look for
     torch.save(build_model("u2net").state_dict(), "u2net.pth")
     named = build_settings("train_stage2", overrides=TINY + [f"dataset_path={dataset}", "model_path=.",
                                                              "pth_name=u2net.pth"])
     with pytest.raises(CheckpointError, match="holds u2net weights, but the settings say arch='u2netp'"):
-        train_stage2.starting_weights(net, named)
+        load_start(net, "train_stage2", named, None)
+
+
+def no_data(settings):
+    raise AssertionError("a dataset was built before the cheap checks")
+
+
+def one_line_exit(capsys, script, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_cheap_checks_come_before_any_data_and_exit_2_with_one_line(tmp_path, monkeypatch, capsys):
+    """Weights of another arch, amp=bf16 where only emulated, an unknown or absent device, a
+    results_dir that cannot be written: found before the dataset (whose foreground estimation
+    takes minutes) is built, each one line naming the key or the file, exit status 2."""
+    monkeypatch.setattr(train_stage2, "build_datasets", no_data)
+    monkeypatch.chdir(tmp_path)
+    torch.save(build_model("u2net").state_dict(), "u2net.pth")
+    base = TINY + [f"dataset_path={tmp_path}", f"results_dir={tmp_path / 'results'}"]
+    err = one_line_exit(capsys, train_stage2, sets(*base, "model_path=.", "pth_name=u2net.pth"))
+    assert "u2net.pth: holds u2net weights, but the settings say arch='u2netp'" in err
+    from utils import device
+    monkeypatch.setattr(device, "cpu_bf16_native", lambda: False)
+    err = one_line_exit(capsys, train_stage2, sets(*base, "amp=bf16"))
+    assert "--set amp=bf16: amp=bf16: this CPU (no AVX512-BF16 or AMX) only emulates bf16" in err
+    err = one_line_exit(capsys, train_stage2, sets(*base, "device=tpu"))
+    assert "--set device=tpu: device:" in err and "'tpu'" in err
+    if not torch.cuda.is_available():
+        err = one_line_exit(capsys, train_stage2, sets(*base, "device=cuda"))
+        assert "--set device=cuda: device: device 'cuda' asked for, but no CUDA GPU is available" in err
+    open("a_file", "w").close()
+    err = one_line_exit(capsys, train_stage2, sets(*base, "results_dir=a_file/results"))
+    assert "--set results_dir=a_file/results: results_dir 'a_file/results' is not a writable folder" in err
+    err = one_line_exit(capsys, train_stage2, sets(*base, "lr=NaN"))
+    assert "--set lr=NaN: lr must be a finite number, got nan" in err
+
+
+def test_config_errors_and_an_empty_resume(tmp_path, monkeypatch, capsys, make_aisegment):
+    """--config naming a folder or a binary file: one line, exit 2; ``--set resume=`` (empty)
+    is a new run, not an UnboundLocalError."""
+    monkeypatch.setattr(train_stage1, "build_datasets", no_data)
+    err = one_line_exit(capsys, train_stage1, ["--config", str(tmp_path)])
+    assert f"{tmp_path}: is a folder, not a settings file" in err
+    (tmp_path / "binary.json").write_bytes(bytes(range(256)))
+    err = one_line_exit(capsys, train_stage1, ["--config", str(tmp_path / "binary.json")])
+    assert "binary.json: not a text file" in err
+    monkeypatch.undo()
+    run = train_stage1.main(sets(*TINY, "epoch_num=1", f"dataset_path={make_aisegment()}", "resume=",
+                                 f"results_dir={tmp_path / 'results'}"))
+    assert [int(r["epoch"]) for r in read_log(run)] == [0]
 
 
 def test_nan_loss_stops_the_run_naming_epoch_and_step(make_aisegment, tmp_path, monkeypatch):

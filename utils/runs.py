@@ -2,13 +2,15 @@
 
 A training run is a folder ``<results_dir>/<project_name>_<timestamp>/`` holding
 ``settings.json`` and ``model/best.pth`` (see ``utils/training/run_folder.py``). Which weights a
-script uses, in order (``choose_weights``):
+script uses, in order (``find_weights(purpose, ...)``, the one rule every script calls):
 
 1. a file named explicitly (``apply.py --model FILE``);
 2. ``model_path``/``pth_name`` from the settings, where ``model_path`` may be the folder of the
    file or, as in the seed, a run folder whose ``model/`` holds ``pth_name``;
-3. the most recently written ``<stage>/*/model/best.pth`` of the first results folder in
-   ``newest_of`` that has one (e.g. stage 2, else stage 1), looked for under each of ``roots``;
+3. the most recently written ``<stage>/*/model/best.pth`` of the first results folder of the
+   purpose's list (``NEWEST_OF``: stage 2, else stage 1, for every script that uses trained
+   weights; stage 1 for stage 2's start; none for stage 1's), looked for under each of ``roots``
+   (the working folder, then the repository; training: the working folder);
 4. none (the caller says what to do: train from scratch, or an error that says how to get weights).
 """
 import glob
@@ -17,6 +19,13 @@ import os
 
 SETTINGS_FILE = "settings.json"
 TRAINED = ("results_stage2", "results_stage1")  # where trained weights are looked for, newest stage first
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NEWEST_OF = {  # purpose -> the results folders whose newest best.pth it falls back to, in order
+    "apply": TRAINED, "make_dataset": TRAINED, "export": TRAINED, "test": TRAINED, "serve": TRAINED,
+    "video": TRAINED,
+    "train_stage1": (),                   # the seed's random initialisation
+    "train_stage2": ("results_stage1",),  # stage 2 fine-tunes stage 1's best weights
+}
 
 
 def named_weights(model_path, pth_name):
@@ -47,8 +56,32 @@ def find_newest_weights(roots=(".",), stages=TRAINED):
     return None
 
 
+def find_weights(purpose, explicit=None, settings=None, roots=None):
+    """The weight file of ``purpose`` (a key of ``NEWEST_OF``: the script's name), by the rule
+    in the module docstring; None when there is none.
+
+    ``explicit``: a path given on the command line (returned as it is); ``settings``: an object
+    with ``model_path`` and ``pth_name`` (a script's settings), or None; ``roots``: folders the
+    results folders are looked for in (default: the working folder, then the repository; for
+    training only the working folder, where its ``results_dir`` is).
+
+    >>> find_weights("train_stage1") is None  # no named weights: stage 1 starts from scratch
+    True
+    """
+    if purpose not in NEWEST_OF:
+        raise ValueError(f"find_weights: unknown purpose {purpose!r}; one of {sorted(NEWEST_OF)}")
+    if explicit:
+        return explicit
+    named = named_weights(getattr(settings, "model_path", ""), getattr(settings, "pth_name", ""))
+    if named or not NEWEST_OF[purpose]:
+        return named
+    if not roots:  # training writes its results_dir relative to the working folder: it looks there only
+        roots = [os.getcwd()] if purpose.startswith("train_") else list(dict.fromkeys([os.getcwd(), REPO]))
+    return find_newest_weights(roots, NEWEST_OF[purpose])
+
+
 def choose_weights(explicit=None, model_path="", pth_name="", newest_of=(), roots=(".",)):
-    """The weight file a script uses, by the rule in the module docstring; None when none."""
+    """Deprecated: the older form of ``find_weights``, kept while callers move to it."""
     if explicit:
         return explicit
     named = named_weights(model_path, pth_name)

@@ -4,7 +4,8 @@
 (logits out, then DDP, then ``torch.compile`` if asked) and builds Adam, the lr schedule and the
 AMP GradScaler. ``train_one_epoch`` runs the step; ``evaluate`` measures the validation split at
 full resolution through the inference core (``utils.inference.core.Matter``), exactly as ``test_stage2.py`` and
-``apply.py`` predict. ``resume_training`` restores a run from its ``checkpoint.pth``.
+``apply.py`` predict. ``resume_training`` restores a run from its ``checkpoint.pth``. ``utils.training.entry.train`` runs
+them in order for both training scripts.
 """
 import math
 import time
@@ -22,7 +23,7 @@ from utils.distributed import DistInfo, all_reduce_sum, broadcast_buffers
 from utils.inference.core import MatteOptions, Matter
 from utils.logger import MetricLogger
 from utils.metrics import matting_metrics
-from .checkpoint import has_checkpoint, load_checkpoint, restore_rng_for_rank
+from .checkpoint import restore_rng_for_rank
 from .lr import build_scheduler
 
 LOSS_TERMS = ("total", "fused", "sides", "unknown")
@@ -144,16 +145,9 @@ def build_train_loader(dataset, settings, dist):
                       drop_last=False)
 
 
-def resume_training(state, run_dir):
-    """Restore model, optimizer, scheduler, scaler, epoch, best MAD and RNG from ``run_dir``.
-
-    Returns the checkpoint dict (``RunFolder`` rewrites the files of its epoch from it), or
-    None when the run has no ``checkpoint.pth``: it stopped before its first epoch ended and
-    trains again from epoch 0 (``state`` is left as set up).
-    """
-    if not has_checkpoint(run_dir):
-        return None
-    ckpt = load_checkpoint(run_dir)
+def resume_training(state, ckpt, run_dir):
+    """Restore model, optimizer, scheduler, scaler, epoch, best MAD and RNG from ``ckpt``, the
+    ``checkpoint.pth`` of ``run_dir`` (``checkpoint.load_checkpoint``)."""
     load_weights(state.net, ckpt["model"], source=f"{run_dir}/checkpoint.pth")
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.scheduler.load_state_dict(ckpt["scheduler"])
@@ -163,7 +157,6 @@ def resume_training(state, run_dir):
     state.best_mad = float(ckpt["best_mad"])
     state.best_epoch = int(ckpt.get("best_epoch", -1))
     restore_rng_for_rank(ckpt, state.dist.rank, state.dist.world_size)
-    return ckpt
 
 
 def _to_device(batch, state):

@@ -25,13 +25,11 @@ any instant resumes to the files of an uninterrupted run. Nothing is ever writte
 that is not committed. A run killed before its first checkpoint starts again from epoch 0, with
 the settings of its ``settings.json`` and the weights its ``start.json`` names.
 """
-import argparse
 import hashlib
 import json
 import math
 import os
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -40,44 +38,15 @@ from utils.fileio import atomic_open, atomic_write, remove_temporaries
 from utils.logger import CSVLog
 from utils.plots import preview_grid_png, save_curves
 from utils.runs import run_settings_path
-from utils.settings import SettingsError, add_settings_arguments, build_settings, settings_to_dict
+from utils.settings import settings_to_dict
 from model import CheckpointError
-from .checkpoint import (atomic_save, gather_rng_states, has_checkpoint, load_starting_weights, plain_state_dict,
-                         save_checkpoint)
+from .checkpoint import atomic_save, gather_rng_states, plain_state_dict, save_checkpoint
 from .engine import VAL_METRICS
 
 COLUMNS = ("epoch", "lr", "mix_ratio", "train_loss", "train_fused", "train_sides", "train_unknown",
            "val_loss", "val_sad", "val_mse", "val_mad", "val_grad", "val_conn", "images_per_s", "seconds")
 TIMING_COLUMNS = ("images_per_s", "seconds")
 START_FILE = "start.json"
-
-
-def load_train_settings(script, argv=None, description=None):
-    """Settings of a training script from its JSON file, ``--config`` and ``--set`` items.
-
-    With ``resume=RUN_DIR`` (``--set`` or the file) the base is the run's own settings.json
-    instead, then this command's ``--set`` items: ``--set resume=RUN`` alone continues the run
-    as it was set up (from any working folder), ``--set resume=RUN --set epoch_num=200``
-    extends it. Bad settings end the program with a message naming the key and the file.
-    """
-    parser = add_settings_arguments(argparse.ArgumentParser(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter))
-    args = parser.parse_args(argv)
-    resume = [item.split("=", 1)[1] for item in args.overrides if item.startswith("resume=")]
-    try:
-        if not resume:
-            settings = build_settings(script, args.config, args.overrides)
-            resume = [settings.resume]
-        if resume[-1]:
-            saved = run_settings_path(resume[-1])
-            if not os.path.isfile(saved):
-                raise SettingsError(f"resume={resume[-1]}: no settings.json there; not a run folder")
-            if args.config:
-                print(f"resume: --config {args.config} is ignored; the run's {saved} is used, then --set items")
-            settings = build_settings(script, saved, [*args.overrides, f"resume={resume[-1]}"])
-    except SettingsError as err:
-        parser.error(str(err))
-    return settings
 
 
 def create_run_dir(results_dir, project_name):
@@ -101,44 +70,24 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def load_start(net, settings, choose, is_main=True):
-    """Load the starting weights of this run into ``net``; returns their path (None: none loaded).
-
-    - a new run: the file ``choose()`` returns (the script's rule; None: the seed's random
-      initialisation);
-    - a resumed run with a ``checkpoint.pth``: none (the checkpoint holds the weights);
-    - a resumed run without one (stopped before its first epoch ended): the file its
-      ``start.json`` names, which must hold the same bytes as when the run started (sha256), so
-      that training again from epoch 0 gives the uninterrupted run; or none when it started from
-      the seed's random initialisation.
-    Raises CheckpointError for weights of another architecture or a changed or missing start file.
-    """
-    if not settings.resume:
-        path = choose()
-    elif has_checkpoint(settings.resume):
-        return None
-    else:
-        path = _recorded_start(settings.resume, choose)
-    if path:
-        load_starting_weights(net, path, settings.arch)
-        if is_main and not settings.resume:
-            print(f"starting from {path}")
-    return path
-
-
-def _recorded_start(run_dir, choose):
-    """The starting weight file ``run_dir/start.json`` names, checked (see ``load_start``)."""
+def recorded_start(run_dir):
+    """The starting weight file a run's ``start.json`` names (None: the seed's random
+    initialisation), for a run resumed before its first checkpoint: the file must hold the same
+    bytes as when the run started (sha256), so that training again from epoch 0 gives the
+    uninterrupted run. ``False`` when there is no ``start.json`` (a run of an older version).
+    Raises CheckpointError for a start file gone or changed since."""
     record = os.path.join(run_dir, START_FILE)
-    if not os.path.isfile(record):  # a run of an older version: choose again by the settings' rule
-        warnings.warn(f"resume: {record} is missing (a run of an older version); its starting weights "
-                      f"are chosen again by the settings' rule", stacklevel=3)
-        return choose()
-    with open(record) as f:
-        start = json.load(f)
-    path = start.get("weights")
+    if not os.path.isfile(record):
+        return False
+    try:
+        with open(record) as f:
+            start = json.load(f)
+        path, digest = start.get("weights"), start.get("sha256")
+    except (OSError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{record}: not readable ({err}); it names the run's starting weights") from err
     if path is None:
         return None
-    if not os.path.isfile(path) or _sha256(path) != start.get("sha256"):
+    if not os.path.isfile(path) or _sha256(path) != digest:
         raise CheckpointError(f"{record}: the run started from {path}, which is "
                               f"{'gone' if not os.path.isfile(path) else 'changed since'}; it stopped before "
                               f"its first checkpoint, so it cannot be resumed as it was: start a new run")
@@ -149,13 +98,15 @@ class RunFolder:
     """Writes a run's results; on ranks other than 0 every method does nothing but take part
     in the collective RNG gathering of ``end_epoch``.
 
-    ``start``: the starting weight file (``load_start``), recorded in ``start.json`` of a new
-    run. ``checkpoint``: the dict ``resume_training`` returned (None: a new run, or a resumed
-    run stopped before its first checkpoint); the files of its epoch are rewritten from it.
+    ``start``: the starting weight file, recorded in ``start.json`` of a new run.
+    ``checkpoint``: the resumed run's checkpoint dict (None: a new run, or a resumed run
+    stopped before its first checkpoint); the files of its epoch are rewritten from it.
+    ``training_set``: ``data_loader.indexing.training_set_record`` of the training split,
+    written into every checkpoint, so that a resume can tell whether the files changed.
     """
 
-    def __init__(self, settings, dist, start=None, checkpoint=None):
-        self.settings, self.dist = settings, dist
+    def __init__(self, settings, dist, start=None, checkpoint=None, training_set=None):
+        self.settings, self.dist, self.training_set = settings, dist, training_set
         self.path = None
         if not dist.is_main:
             return
@@ -219,6 +170,7 @@ class RunFolder:
             "scheduler": state.scheduler.state_dict(), "scaler": state.scaler.state_dict(),
             "epoch": epoch, "best_mad": state.best_mad, "best_epoch": state.best_epoch, "rng": rng,
             "e2h": e2h or {}, "settings": settings_to_dict(s), "arch": s.arch, "world_size": self.dist.world_size,
+            "training_set": self.training_set or {},
             # what the derived files are made from
             "log": self.log.rows + [row], "epoch_weights": f"{s.model_name}_epoch{epoch}.pth" if due else "",
             "grid_png": torch.from_numpy(np.frombuffer(preview_grid_png(previews), np.uint8).copy()),
