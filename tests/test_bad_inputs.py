@@ -110,7 +110,8 @@ def test_the_bomb_costs_no_memory(tmp_path):
 def test_max_pixels_is_a_parameter(tmp_path, noise):
     path = tmp_path / "a.png"
     Image.fromarray(noise[:30, :40]).save(path)  # 1200 pixels
-    with pytest.raises(ImageReadError, match=r"a.png: 40x30 is 1,200 pixels \(0.0 MP\), over the pixel limit of 1,000 \(0.001 MP"):
+    with pytest.raises(ImageReadError, match=r"a.png: 40x30 is 1,200 pixels \(0.0 MP\), "
+                                             r"over the pixel limit of 1,000 \(0.001 MP"):
         read_rgb(path, max_pixels=1000)
     with pytest.raises(ImageReadError, match="pixel limit"):
         read_alpha(path, max_pixels=1199)

@@ -185,7 +185,8 @@ def test_a_zero_byte_prediction_is_one_message_before_any_output(bench_dir, tmp_
 def test_max_pixels_flag(bench_dir, tmp_path, capsys):
     argv = ["--predictions", str(bench_dir / "alphas"), "--alphas", str(bench_dir / "alphas"),
             "--output", str(tmp_path / "out")]
-    with pytest.raises(ImageReadError, match=rf"alphas[/\\]a.png: {W}x{H} is 3,072 pixels \(0.0 MP\), over the pixel limit of 3,071 "):
+    with pytest.raises(ImageReadError, match=rf"alphas[/\\]a.png: {W}x{H} is 3,072 pixels \(0.0 MP\), "
+                                             "over the pixel limit of 3,071 "):
         run(argv, "--max-pixels", str(H * W - 1))
     assert not (tmp_path / "out").exists()
     assert os.path.isfile(os.path.join(run(argv, "--max-pixels", str(H * W)), "metrics.csv"))
