@@ -287,3 +287,48 @@ def test_a_checkpoint_without_log_rows_resumes_with_the_csv_rows_of_its_epochs(t
     RunFolder(settings, DistInfo(), checkpoint={"epoch": 1, "model": {}, "best_mad": 0.5})
     assert [(r["epoch"], r["val_mad"]) for r in read_log(run)] == [("0", "0.0"), ("1", "0.1")]
     assert os.path.getsize(run / "curves.png") > 0 and os.listdir(run / "model") == []
+
+
+def test_a_resume_refuses_a_changed_training_set_and_a_damaged_checkpoint(make_aisegment, one_thread, tmp_path,
+                                                                          capsys):
+    """Stage 1, one epoch, then: a training photo deleted (image_num then takes the next one)
+    -> the resume is refused, naming what changed; a truncated checkpoint.pth -> one line, no
+    traceback. Both exit 2 before any epoch runs."""
+    import train_stage1
+    root = make_aisegment(count=10, val=2)
+    run = train_stage1.main(sets(*SETTINGS[:-2], "epoch_num=1", "image_num=4", f"dataset_path={root}",
+                                 f"results_dir={tmp_path / 'results'}"))
+    record = torch.load(os.path.join(run, "checkpoint.pth"), weights_only=True)["training_set"]
+    assert record["count"] == 4 and [f[0] for f in record["files"]][0].startswith("clip_img/")
+    spare = shutil.copytree(run, tmp_path / "spare")
+    gone = record["files"][1][0]
+    os.remove(os.path.join(root, gone))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train_stage1.main(sets(f"resume={run}", "epoch_num=2"))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert f"the training set changed since its checkpoint (4 files then, 4 now): 1 removed (e.g. {gone}); 1 added" in err
+    assert [int(r["epoch"]) for r in read_log(run)] == [0]
+
+    with open(os.path.join(spare, "checkpoint.pth"), "r+b") as f:
+        f.truncate(os.path.getsize(f.name) // 2)
+    with pytest.raises(SystemExit) as exit_info:
+        train_stage1.main(sets(f"resume={spare}", "epoch_num=2"))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "checkpoint.pth: not a readable checkpoint (truncated or damaged?)" in err
+
+
+def test_commit_points_flush_their_folder_after_the_rename(tmp_path, monkeypatch):
+    """atomic_save (checkpoint.pth, weight files) fsyncs the file, then its folder: the rename
+    is an entry of the folder, which a power cut can lose without it."""
+    import stat
+    synced, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic_save({"epoch": 1}, str(tmp_path / "checkpoint.pth"))
+    assert synced == ["file", "folder"]
