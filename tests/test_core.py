@@ -248,3 +248,24 @@ def test_a_name_that_is_not_utf8_fails_by_name_in_make_dataset(weights, tmp_path
         err = capsys.readouterr().err
         assert "bad\\xff.png" in err and "not valid UTF-8" in err
     assert os.listdir(tmp_path / "ds" / "portrait" / "raw_image") == ["good.png"]
+
+
+def test_large_photos_estimate_foreground_colours_in_strips(monkeypatch):
+    from utils.inference import cutout
+    rng = np.random.default_rng(0)
+    h, w = 240, 120
+    yy, xx = np.mgrid[0:h, 0:w]  # a photo's smooth colours, a little noise
+    image = np.clip(np.dstack([xx * 2, yy, 255 - yy]) + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
+    alpha = np.zeros((h, w), np.float32)
+    alpha[150:200] = np.clip((xx[150:200] - 50) / 20, 0, 1)  # an edge, with sure pixels beside it, in one part only
+    alpha[200:] = 1.0
+    whole = cutout.estimate_foreground_colours(image, alpha)
+    monkeypatch.setattr(cutout, "WHOLE_PIXELS", 1000)
+    monkeypatch.setattr(cutout, "STRIP_PIXELS", 60 * w)
+    monkeypatch.setattr(cutout, "STRIP_OVERLAP", 30)
+    strips = cutout.estimate_foreground_colours(image, alpha)
+    assert strips.shape == (h, w, 3) and strips.dtype == np.float32
+    np.testing.assert_array_equal(strips[:60], image[:60] / np.float32(255))  # an all-0 strip: the photo's own
+    mixed = (alpha > 0) & (alpha < 1)  # what a cut-out shows of them: alpha * colour
+    shown = np.abs(strips[mixed] - whole[mixed]) * alpha[mixed][:, None]
+    assert shown.mean() < 3 / 255

@@ -44,13 +44,42 @@ def fit_background(background, height, width):
     return resized[top:top + height, left:left + width].astype(np.float32) / 255.0
 
 
+WHOLE_PIXELS = 12_000_000  # photos up to this size are estimated whole
+STRIP_PIXELS = 4_000_000   # larger ones a strip of about this many pixels at a time (bounded memory)
+STRIP_OVERLAP = 128        # rows each strip sees beyond the rows it gives
+
+
 def estimate_foreground_colours(image, alpha):
     """uint8 RGB (H,W,3) + float32 alpha (H,W) -> float32 foreground colours (H,W,3) in [0,1]
-    (pymatting's multi-level estimate: hair edges keep no trace of the old background)."""
-    from pymatting import estimate_foreground_ml  # numba: ~1 s to import, only when needed
+    (pymatting's multi-level estimate: hair edges keep no trace of the old background).
+
+    pymatting holds about six float32 copies of the photo (1.7 GB at 24 MP), so photos above
+    ``WHOLE_PIXELS`` are estimated in strips of rows, each with ``STRIP_OVERLAP`` rows of
+    context on either side; strips whose alpha is all 0 or all 1 keep the photo's colours
+    (nothing is mixed there). Measured on a synthetic 6000x4000 photo with hair-like strands
+    (2-core Xeon, loaded): the estimate's peak 2.06 -> 1.06 GB at about the same time (16 s
+    against 19 s), and apply.py --refine matting --outputs alpha,cutout peaks at 1.85 GB instead
+    of 3.0 GB; the colours of the fractional pixels differ from the whole-photo estimate by
+    0.93/255 on average (1 % of them by more than 23/255: the coarse levels differ per strip)."""
     colours = np.divide(image, 255.0, dtype=np.float32)
-    if image.shape[0] * image.shape[1] < 2:  # pymatting's levels divide by zero on one pixel; nothing to estimate
+    height, width = alpha.shape
+    if height * width < 2:  # pymatting's levels divide by zero on one pixel; nothing to estimate
         return colours
+    if height * width <= WHOLE_PIXELS:
+        return _estimate(colours, alpha)
+    rows = max(2 * STRIP_OVERLAP, STRIP_PIXELS // width)
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        lo, hi = max(0, top - STRIP_OVERLAP), min(height, bottom + STRIP_OVERLAP)
+        part = alpha[lo:hi]
+        if not ((part > 0) & (part < 1)).any():
+            continue
+        colours[top:bottom] = _estimate(colours[lo:hi], part)[top - lo:bottom - lo]
+    return colours
+
+
+def _estimate(colours, alpha):
+    from pymatting import estimate_foreground_ml  # numba: ~1 s to import, only when needed
     foreground = estimate_foreground_ml(colours, alpha)
     return np.clip(foreground, 0.0, 1.0, out=foreground)
 
