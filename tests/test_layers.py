@@ -32,10 +32,11 @@ def find_modules(root):
 
 
 def layer(module):
-    """0 utils helpers, 1 model and data_loader, 2 utils.inference, 3 utils.training, 4 the rest."""
+    """0 utils helpers, 1 model and data_loader, 2 utils.inference, 3 utils.training and
+    utils.serving (the HTTP server over the inference core), 4 the rest."""
     parts = module.split(".")
     if parts[0] == "utils":
-        return {"inference": 2, "training": 3}.get(parts[1] if len(parts) > 1 else "", 0)
+        return {"inference": 2, "training": 3, "serving": 3}.get(parts[1] if len(parts) > 1 else "", 0)
     return 1 if parts[0] in ("model", "data_loader") else 4
 
 
