@@ -269,3 +269,19 @@ def test_large_photos_estimate_foreground_colours_in_strips(monkeypatch):
     mixed = (alpha > 0) & (alpha < 1)  # what a cut-out shows of them: alpha * colour
     shown = np.abs(strips[mixed] - whole[mixed]) * alpha[mixed][:, None]
     assert shown.mean() < 3 / 255
+
+
+def test_make_dataset_removes_what_is_left_out_on_a_rerun_and_names_bad_backgrounds(weights, tmp_path, capsys):
+    save(tmp_path / "in" / "a.png", photo(30, 30))
+    backgrounds = tmp_path / "bg"
+    save(backgrounds / "good.png", photo(40, 40, 3))
+    (backgrounds / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    args = ["--model", weights, "--quiet", "--size", "64", "--input", str(tmp_path / "in"),
+            "--output", str(tmp_path / "ds"), "--backgrounds", str(backgrounds)]
+    assert make_dataset.main(args + ["--min-foreground", "0", "--max-uncertain", "1"]) == 1  # the broken background
+    assert "broken.jpg" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "ds" / "portrait" / "raw_image") == ["a.png"]
+    # the same photo judged again, stricter: left out, and its old files must not stay for training
+    make_dataset.main(args + ["--overwrite", "--min-foreground", "1", "--max-uncertain", "0"])
+    assert os.listdir(tmp_path / "ds" / "portrait" / "raw_image") == []
+    assert os.listdir(tmp_path / "ds" / "portrait" / "mask_image") == []
