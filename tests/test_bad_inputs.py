@@ -216,3 +216,14 @@ def test_grey_jpegs_the_rule_accepts_and_refuses(tmp_path, noise):
     (tmp_path / "band.jpg").write_bytes(jpeg_bytes(photo, quality=95, subsampling=0))
     with pytest.raises(ImageReadError, match="band.jpg.*saved as PNG instead"):
         read_rgb(tmp_path / "band.jpg")
+
+
+@pytest.mark.parametrize("kind, options", [("BMP", {}), ("TIFF", {}), ("TIFF", {"compression": "tiff_deflate"}),
+                                           ("WEBP", {"quality": 90}), ("WEBP", {"lossless": True})])
+def test_other_formats_cut_in_half_are_refused(tmp_path, noise, kind, options):
+    buffer = io.BytesIO()
+    Image.fromarray(noise[:40, :30]).save(buffer, kind, **options)
+    path = tmp_path / f"cut.{kind.lower()}"
+    path.write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+    with pytest.raises(ImageReadError, match=path.name):
+        read_rgb(path)
