@@ -21,6 +21,7 @@ Two checks Pillow does not make:
   the luma detail) is not detected.
 """
 import math
+import numbers
 import os
 import re
 import warnings
@@ -112,7 +113,7 @@ def _open(path):
 
 
 def _check_limit(max_pixels):
-    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral)
                                    or max_pixels < 1):
         raise ValueError(f"max_pixels must be an integer >= 1 or None, got {max_pixels!r}")
 
