@@ -11,6 +11,8 @@ the others go on.
     report = matte_files(Matter.load("best.pth", MatteOptions()), files, "out", outputs=("alpha", "cutout"))
     print(report.summary()); sys.exit(0 if report.ok and not problems else 1)
 """
+from __future__ import annotations
+
 import contextlib
 import glob
 import os
@@ -19,9 +21,10 @@ import time
 from dataclasses import dataclass, field
 
 import cv2
+import numpy as np
 from tqdm import tqdm
 
-from data_loader.image_io import ImageReadError, is_image_file, read_rgb
+from data_loader.image_io import is_image_file, read_rgb
 from utils.fileio import TMP_SUFFIX, atomic_write
 
 from .core import error_reason
@@ -78,7 +81,8 @@ def _glob_base(pattern):
     return os.sep.join(base) or "."
 
 
-def collect_inputs(specs, recursive=False, exclude=None):
+def collect_inputs(specs: list[str], recursive: bool = False, exclude: str | None = None
+                   ) -> tuple[list[InputFile], list[tuple[str, str]]]:
     """Expand files, folders and globs into ``InputFile``s, in a stable order.
 
     A file named explicitly is always taken (a bad one fails later, by name); folders and globs
@@ -126,13 +130,13 @@ def collect_inputs(specs, recursive=False, exclude=None):
     return files, problems
 
 
-def output_key(name):
+def output_key(name: str) -> str:
     """What two inputs must not share: their outputs would overwrite each other (``a.jpg`` and
     ``a.png`` both give ``a.png``)."""
     return os.path.normcase(os.path.splitext(name)[0])
 
 
-def separate_clashes(inputs):
+def separate_clashes(inputs: list) -> tuple[list, list]:
     """``(kept, clashes)``: the inputs in order, but for those whose outputs would overwrite an
     earlier input's, which go to ``clashes`` as ``(item, path of that earlier input)``."""
     kept, clashes, owner = [], [], {}
@@ -146,12 +150,12 @@ def separate_clashes(inputs):
     return kept, clashes
 
 
-def clash_reason(owner):
+def clash_reason(owner: str) -> str:
     """Why an input whose outputs would overwrite those of input ``owner`` (a path) fails."""
     return f"its outputs would overwrite those of {owner}; rename one"
 
 
-def share_inputs(inputs, rank, world_size):
+def share_inputs(inputs: list, rank: int, world_size: int) -> list:
     """This process's share of ``inputs`` under torchrun: each file goes to exactly one of
     ``world_size`` processes, by the index of its output name (``output_key``) in input order
     modulo the world size. Inputs whose names clash stay together, so every process reports
@@ -162,7 +166,7 @@ def share_inputs(inputs, rank, world_size):
     return [item for item in inputs if keys[output_key(item.name)] % world_size == rank]
 
 
-def output_path(output_dir, kind, name):
+def output_path(output_dir: str, kind: str, name: str) -> str:
     """``<output_dir>/<kind>/<name's folders>/<name's stem>.png``."""
     return os.path.join(output_dir, kind, os.path.splitext(name)[0] + ".png")
 
@@ -178,7 +182,7 @@ def encode_png(image) -> bytes:
     return data.tobytes()
 
 
-def write_png(path, image):
+def write_png(path: str, image: np.ndarray) -> None:
     """Write uint8 gray (H,W), RGB (H,W,3) or RGBA (H,W,4) atomically (temporary file, rename)."""
     try:
         data = encode_png(image)
@@ -189,7 +193,7 @@ def write_png(path, image):
 
 
 # ---------------------------------------------------------------- the pipeline
-def remove_stale_temporaries(path):
+def remove_stale_temporaries(path: str) -> None:
     """Remove the temporary files a killed writer left beside ``path`` (``atomic_open``'s
     ``.<name>.<pid>.<thread>.tmp``) whose process is gone; a live process's are its own."""
     folder, base = os.path.split(path)
@@ -215,7 +219,7 @@ def _alive(pid):
     return True
 
 
-def is_complete(path):
+def is_complete(path: str) -> bool:
     """An existing output that a rerun keeps: a non-empty file (an atomic write never leaves an
     empty one; something else did)."""
     try:
@@ -224,7 +228,8 @@ def is_complete(path):
         return False
 
 
-def plan_outputs(inputs, output_dir, outputs, overwrite, report, note):
+def plan_outputs(inputs: list[InputFile], output_dir: str, outputs: tuple[str, ...], overwrite: bool,
+                 report: MatteReport, note) -> list[tuple[InputFile, list[str]]]:
     """(input, kinds to write) for each input; skips and name clashes go into ``report``. Stale
     temporaries of a killed run are removed on the way."""
     inputs, clashes = separate_clashes(inputs)
@@ -247,7 +252,8 @@ def plan_outputs(inputs, output_dir, outputs, overwrite, report, note):
     return jobs
 
 
-def write_outputs(output_dir, name, kinds, image, alpha, background=None):
+def write_outputs(output_dir: str, name: str, kinds: list[str], image: np.ndarray, alpha: np.ndarray,
+                  background: np.ndarray | None = None) -> None:
     """Write the ``kinds`` of one photo: ``alpha`` 8-bit gray, ``cutout`` RGBA with estimated
     foreground colours, ``composite`` RGB over ``background`` (``parse_background``'s array).
     image uint8 RGB (H,W,3); alpha float32 (H,W) in [0,1]."""
@@ -290,8 +296,9 @@ class Progress:
         return self.report
 
 
-def matte_files(matter, inputs, output_dir, *, outputs=("alpha", "cutout"), background=None,
-                overwrite=False, progress=True, max_pixels=None):
+def matte_files(matter, inputs: list[InputFile], output_dir: str, *, outputs: tuple[str, ...] = ("alpha", "cutout"),
+                background=None, overwrite: bool = False, progress: bool = True, max_pixels: int | None = None
+                ) -> MatteReport:
     """Matte every ``InputFile`` in ``inputs`` into ``<output_dir>/<kind>/<name>.png``.
 
     matter: a ``utils.inference.core.Matter`` (weights, size, precision, refinement, batch size,
