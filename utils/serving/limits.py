@@ -54,14 +54,15 @@ class Limits:
 
 
 # ---------------------------------------------------------------- reading an upload
-def _header_size(data: bytes) -> tuple[int, int]:
+def _header_size(data: bytes, max_pixels: int) -> tuple[int, int]:
     """(width, height) from the header of an image in ``data`` (nothing decoded). Raises
-    ApiError 415 for what Pillow cannot identify, 413 for Pillow's own bomb limit."""
+    ApiError 415 for what Pillow cannot identify, 413 above Pillow's own bomb limit."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.size
     except Image.DecompressionBombError as err:
-        raise ApiError(413, f"the image is over Pillow's decompression-bomb limit ({err})") from err
+        raise ApiError(413, f"the image declares more pixels than Pillow's decompression-bomb limit ({err}); "
+                            f"this server's limit is {max_pixels / 1e6:g} MP (--max-pixels)") from err
     except (OSError, ValueError, SyntaxError, EOFError) as err:  # UnidentifiedImageError is an OSError
         raise ApiError(415, "the upload is not an image this server reads (JPEG, PNG, WebP, BMP, TIFF)") from err
 
@@ -99,7 +100,7 @@ def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
     """
     if not data:
         raise ApiError(415, "the upload is empty (0 bytes)")
-    width, height = _header_size(data)
+    width, height = _header_size(data, max_pixels)
     if width * height > max_pixels:
         raise ApiError(413, f"the image is {width}x{height} ({width * height / 1e6:.1f} MP), over this server's "
                             f"limit of {max_pixels / 1e6:g} MP (--max-pixels), read from its header")
