@@ -34,6 +34,8 @@ import functools
 import cv2
 import numpy as np
 
+from utils.arrays import unit_to_uint8
+
 GRAD_SIGMA = 1.4
 CONN_STEP = 0.1
 CONN_THETA = 0.15
@@ -227,3 +229,98 @@ def region_metrics(pred, gt, trimap):
             "mse_unknown": float(np.square(err_u).sum() / n) if n else float("nan"),
             "mad_unknown": float(err_u.sum() / n) if n else float("nan"),
             "sad_fg": float(absdiff[fg].sum() / 1000.0), "sad_bg": float(absdiff[bg].sum() / 1000.0)}
+
+
+# ---------------------------------------------------------------- video: temporal errors
+VIDEO_METRIC_NAMES = ("dtssd", "messddt")
+MESSDDT_SCALE = 1000.0  # MESSDdt is reported x 1000 (a mean of squared-error changes is small)
+_BAND_KERNEL = 9        # the evaluation band of data_loader.trimap (k = 9), rebuilt here: utils/ sits below it
+_BAND_EPS = 0.5 / 255.0
+
+
+def dtssd_frame(pred, pred_prev, gt, gt_prev) -> float:
+    """dtSSD of one frame, as RobustVideoMatting's evaluation computes it:
+    ``sqrt(mean(((p_t - p_{t-1}) - (g_t - g_{t-1}))^2)) * 100``. All four float (H,W) in [0,1]."""
+    p, g = _pair(pred, gt)
+    p0, g0 = _pair(pred_prev, gt_prev)
+    if p0.shape != p.shape:
+        raise ValueError(f"consecutive frames differ in size: {p0.shape} then {p.shape}")
+    return float(np.sqrt(np.square((p - p0) - (g - g0)).mean()) * 100.0)
+
+
+def dtssd(preds, gts) -> float:
+    """Mean dtSSD over a clip: ``dtssd_frame`` for every frame after the first, 0 for the first,
+    averaged over all frames (RobustVideoMatting's convention). preds, gts: equal-length
+    sequences of float (H,W) alphas in [0,1]."""
+    preds, gts = list(preds), list(gts)
+    _check_clip(preds, gts)
+    _pair(preds[0], gts[0])  # the first frame is checked too (it scores 0)
+    values = [0.0] + [dtssd_frame(preds[t], preds[t - 1], gts[t], gts[t - 1]) for t in range(1, len(gts))]
+    return float(np.mean(values))
+
+
+def ground_truth_flow(gt, gt_next) -> np.ndarray:
+    """The ground truth's motion from frame t to t+1: Farneback optical flow (OpenCV; pyramid
+    scale 0.5, 3 levels, window 15, 3 iterations, poly_n 5, sigma 1.2) between the two alphas
+    as 8-bit images. float32 (H,W,2): a pixel p of frame t moves to p + flow[p] (x, y)."""
+    a, b = (unit_to_uint8(_as_alpha(x, "gt")) for x in (gt, gt_next))
+    return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+
+
+def evaluation_band(gt, kernel_size=_BAND_KERNEL) -> np.ndarray:
+    """bool (H,W): the unknown band of a ground truth, as data_loader.trimap.unknown_band with
+    k = 9 (every fractional pixel plus 4 px each side, hard edges included)."""
+    g = _as_alpha(gt, "gt")
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel_size, kernel_size))
+    some = cv2.dilate((g > _BAND_EPS).astype(np.uint8), kernel)
+    full = cv2.erode((g >= 1 - _BAND_EPS).astype(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE)
+    return some > full
+
+
+def messddt_pair(pred, gt, pred_next, gt_next, flow=None, band=None, band_next=None) -> float:
+    """MESSDdt of the frame pair (t, t+1), as Erofeev et al. (BMVC 2015) define it: the change
+    of the squared error along the ground truth's motion, inside the unknown band.
+
+    E_t = (p_t - g_t)^2 on the band of g_t (0 outside); E_{t+1} warped back to frame t along
+    ``flow`` (default ``ground_truth_flow(gt, gt_next)``; bilinear, 0 outside the frame):
+    ``mean over the band of frame t of |E_t(x) - E_{t+1}(x + flow(x))|``, x ``MESSDDT_SCALE``.
+    band, band_next: bool (H,W) masks (default ``evaluation_band`` of each ground truth). A
+    frame with an empty band scores 0.
+    """
+    p, g = _pair(pred, gt)
+    p1, g1 = _pair(pred_next, gt_next)
+    if p1.shape != p.shape:
+        raise ValueError(f"consecutive frames differ in size: {p.shape} then {p1.shape}")
+    band = evaluation_band(g) if band is None else np.asarray(band, bool)
+    band_next = evaluation_band(g1) if band_next is None else np.asarray(band_next, bool)
+    count = int(band.sum())
+    if count == 0:
+        return 0.0
+    flow = ground_truth_flow(g, g1) if flow is None else np.asarray(flow, np.float32)
+    if flow.shape != p.shape + (2,):
+        raise ValueError(f"flow must be (H,W,2) = {p.shape + (2,)}, got {flow.shape}")
+    error, error_next = np.square(p - g) * band, np.square(p1 - g1) * band_next
+    h, w = p.shape
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    warped = cv2.remap(error_next.astype(np.float32), xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return float(np.abs(error - warped)[band].sum() / count * MESSDDT_SCALE)
+
+
+def messddt(preds, gts, flows=None) -> float:
+    """Mean MESSDdt over a clip's T - 1 frame pairs (0 for a one-frame clip). flows: None (the
+    ground truth's Farneback flow) or T - 1 arrays (H,W,2)."""
+    preds, gts = list(preds), list(gts)
+    _check_clip(preds, gts)
+    if flows is not None and len(flows) != len(gts) - 1:
+        raise ValueError(f"flows: expected {len(gts) - 1} (one per frame pair), got {len(flows)}")
+    values = [messddt_pair(preds[t], gts[t], preds[t + 1], gts[t + 1], None if flows is None else flows[t])
+              for t in range(len(gts) - 1)]
+    return float(np.mean(values)) if values else 0.0
+
+
+def _check_clip(preds, gts):
+    if len(preds) != len(gts):
+        raise ValueError(f"the prediction has {len(preds)} frames, the ground truth {len(gts)}")
+    if not gts:
+        raise ValueError("a clip needs at least one frame")
