@@ -156,3 +156,61 @@ def test_a_settings_file_that_is_a_folder_or_binary_is_named(tmp_path):
     binary.write_bytes(b"PK\x03\x04\xff\xfe" + bytes(range(256)))
     with pytest.raises(SettingsError, match=r"weights\.pth: not a text file"):
         build_settings("train_stage2", binary)
+
+
+def test_find_weights_one_rule_for_every_purpose(tmp_path, monkeypatch):
+    """Explicit file; else model_path/pth_name; else the newest best.pth of stage 2, then stage 1
+    (every script that uses trained weights, test_stage2 included); stage 2 starts from stage 1's;
+    stage 1 from none."""
+    import os
+    import time
+    from types import SimpleNamespace
+
+    from utils.runs import find_weights
+    monkeypatch.chdir(tmp_path)
+
+    def best(stage, run):
+        os.makedirs(f"{stage}/{run}/model", exist_ok=True)
+        open(f"{stage}/{run}/model/best.pth", "wb").close()
+        return os.path.realpath(f"{stage}/{run}/model/best.pth")
+
+    here = [str(tmp_path)]
+    assert all(find_weights(p, roots=here) is None for p in ("apply", "test", "train_stage1", "train_stage2"))
+    one = best("results_stage1", "a")
+    assert find_weights("test", roots=here) == one  # no stage-2 run: stage 1's, as apply.py
+    assert find_weights("train_stage2") == one and find_weights("train_stage1") is None
+    time.sleep(0.01)
+    two = best("results_stage2", "b")
+    assert find_weights("apply", roots=here) == find_weights("test", roots=here) == two
+    assert find_weights("train_stage2") == one
+    named = SimpleNamespace(model_path=os.path.join("results_stage1", "a"), pth_name="best.pth")
+    assert os.path.realpath(find_weights("test", settings=named)) == one
+    assert find_weights("export", explicit="x.onnx", settings=named) == "x.onnx"
+    with pytest.raises(ValueError, match="unknown purpose 'trian_stage2'"):
+        find_weights("trian_stage2")
+
+
+def test_heldout_composites_take_the_runs_seed_and_background_caps(tmp_path, make_paixin):
+    """test_stage2's held-out composites are the run's validation composites: the same seed
+    (each photo's background and crop) and background caps as the run that made the weights."""
+    import os
+
+    import numpy as np
+
+    from data_loader import ForegroundDataset
+    from utils.runs import heldout_options
+    root = make_paixin(per_category=4, val=2, backgrounds=4, bg_val=3)
+    run = tmp_path / "results_stage2" / "run"
+    os.makedirs(run / "model")
+    (run / "settings.json").write_text(json.dumps({"seed": 7, "background_num": 1, "easy_background_num": None}))
+    weights = str(run / "model" / "best.pth")
+    options = heldout_options(weights)
+    assert options == {"seed": 7, "background_num": 1, "easy_background_num": None}
+    kwargs = dict(image_size=32, crop_size=24, cache_dir=str(tmp_path / "cache"), progress=False, augment=False)
+    validation = ForegroundDataset(root, "val", seed=7, background_num=1, **kwargs)
+    held_out = ForegroundDataset(root, "val", **options, **kwargs)
+    default = ForegroundDataset(root, "val", seed=0, **kwargs)
+    for i in range(len(validation)):
+        np.testing.assert_array_equal(held_out.load_full(i)[0], validation.load_full(i)[0])
+    assert any((default.load_full(i)[0] != validation.load_full(i)[0]).any() for i in range(len(validation)))
+    assert heldout_options(str(tmp_path / "loose.pth"), seed=2)["seed"] == 2

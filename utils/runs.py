@@ -144,3 +144,23 @@ def network_size(weights, explicit=None, export_size=None, default=320):
     if export_size:
         return export_size, f"the export size in {os.path.basename(weights)}"
     return default, "the default"
+
+
+def heldout_options(weights, seed=0):
+    """Keyword arguments of ``data_loader.ForegroundDataset`` that make held-out composites
+    equal to the validation of the run that trained ``weights``: its ``seed``, which fixes each
+    photo's background and crop, and its ``background_num``/``easy_background_num``, which fix
+    the backgrounds drawn from. From the run's settings.json beside the weights or one folder
+    up; without one, ``seed`` and every background.
+
+    >>> heldout_options(None, seed=4)
+    {'seed': 4, 'background_num': None, 'easy_background_num': None}
+    """
+    saved = (settings_near(weights)[0] if weights else None) or {}
+
+    def number(key, default):
+        value = saved.get(key, default)
+        return value if value is None or (isinstance(value, int) and not isinstance(value, bool)) else default
+
+    return {"seed": number("seed", seed), "background_num": number("background_num", None),
+            "easy_background_num": number("easy_background_num", None)}
