@@ -5,13 +5,17 @@ Two kinds of files, both readable with ``torch.load(path, weights_only=True)``:
   ``state_dict`` of the unwrapped network (no ``module.``/``_orig_mod.`` prefixes, contiguous CPU
   tensors), which the original U-2-Net code loads as it is;
 - ``checkpoint.pth``: ``{"model", "optimizer", "scheduler", "scaler", "epoch", "best_mad",
-  "best_epoch", "rng", "e2h", "settings", "arch", "world_size", "log", "epoch_weights",
-  "grid_png"}`` with tensors and plain Python types only; the last three (the log rows so far,
-  the name of the epoch's weight file or "", the validation grid as PNG bytes in a uint8 tensor)
-  are what ``run_folder.RunFolder.write_derived`` rebuilds the epoch's other files from.
+  "best_epoch", "rng", "e2h", "settings", "arch", "world_size", "training_set", "log",
+  "epoch_weights", "grid_png"}`` with tensors and plain Python types only. ``training_set``
+  (``data_loader.indexing.training_set_record``: the training files' names, sizes and mtimes)
+  lets a resume refuse a changed set; the scheduler's state holds its lr curve
+  (``lr.LRFactor``); the last three (the log rows so far, the name of the epoch's weight file
+  or "", the validation grid as PNG bytes in a uint8 tensor) are what
+  ``run_folder.RunFolder.write_derived`` rebuilds the epoch's other files from.
 Every file is written to a temporary name in the same folder and renamed over the old one
 (``os.replace``), so a run killed at any moment leaves either the old file or the new one;
-``checkpoint.pth`` is also flushed to the disk (fsync) before the rename: it is the commit point.
+every file is also flushed to the disk (fsync) before the rename, and its folder after it:
+``checkpoint.pth`` is the commit point.
 """
 import os
 import pickle
