@@ -7,6 +7,9 @@
         --outputs alpha,cutout,composite --background "#00ff00" --model best.pth
     python apply.py --input photos/ --output out --outputs alpha --precision bf16   # AVX512-BF16/AMX CPU
     torchrun --nproc_per_node=4 apply.py --input photos/ --output out   # 4 GPUs, each its share of the photos
+    python apply.py --input clip.mp4 --output out --outputs alpha,cutout,composite --background beach.mp4
+                    # videos (mp4 mov mkv webm avi): alpha/clip.mp4, cutout/clip.webm, composite/clip.mp4;
+                    # --temporal none, --video-format mov, --frames (PNG sequences): documents/video.md
 
 Each kind goes to its own folder: ``<output>/alpha/<name>.png`` (8-bit), ``cutout/`` (RGBA,
 foreground colours estimated with pymatting, so hair keeps no fringe of the old background),
@@ -42,9 +45,11 @@ sys.path.insert(0, REPO)
 from data_loader import image_io  # noqa: E402
 from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES  # noqa: E402
 from utils.inference.core import MatteOptions, Matter, ModelOutputError, refine_options  # noqa: E402
-from utils.inference.cutout import parse_background  # noqa: E402
 from utils.inference.files import OUTPUT_KINDS, MatteReport, collect_inputs, matte_files, share_inputs  # noqa: E402
 from utils.inference.onnx_model import OnnxModel, is_onnx_path, load_any_model  # noqa: E402
+from utils.inference.temporal import DEFAULT_TEMPORAL, TEMPORAL_METHODS  # noqa: E402
+from utils.inference.video import (FRAME_MODES, VIDEO_FORMATS, VideoBackground, collect_videos,  # noqa: E402
+                                   is_video_file, matte_videos, parse_video_background)
 from utils.runs import TRAINED, choose_weights, network_size  # noqa: E402
 
 DEFAULT_REFINE = "guided"  # benchmarks/refine.py: sharper edges for ~0.1 s a photo; README has the figures
@@ -70,7 +75,15 @@ def parse_args(argv=None):
     p.add_argument("--outputs", default="alpha,cutout",
                    help=f"comma-separated subset of {','.join(OUTPUT_KINDS)} (default: alpha,cutout)")
     p.add_argument("--background", default="#ffffff",
-                   help="composite background: a colour (#00ff00, white) or an image (default: #ffffff)")
+                   help="composite background: a colour (#00ff00, white), an image, or a video (looped; photos "
+                        "get its first frame) (default: #ffffff)")
+    p.add_argument("--frames", nargs="?", const="also", default="none", choices=FRAME_MODES,
+                   help="videos: also (bare --frames) or only write PNG sequences <kind>/<stem>/%%06d.png")
+    p.add_argument("--video-format", choices=VIDEO_FORMATS, default="webm",
+                   help="videos: the cut-out's container, webm (VP9 with alpha) or mov (ProRes 4444) (default: webm)")
+    p.add_argument("--temporal", choices=TEMPORAL_METHODS, default=DEFAULT_TEMPORAL,
+                   help=f"videos: temporal stabilisation of the alphas, none for per-frame (default: {DEFAULT_TEMPORAL}; "
+                        "documents/video.md)")
     p.add_argument("--size", type=int, default=None,
                    help="network input size (default: the image_size of the training run the weights come "
                         "from, else an .onnx file's export size, else 320)")
@@ -153,6 +166,18 @@ def join_processes(args):
     return dist
 
 
+def add_videos(files, problems, args):
+    """``collect_inputs``' files plus the videos in the folders and globs of ``--input`` (it
+    takes only photos from those), without its "no image files" for a spec that gave videos."""
+    videos = collect_videos(args.input, recursive=args.recursive, exclude=args.output)
+    if not videos:
+        return files, problems
+    seen = {os.path.realpath(f.path) for f in files}
+    files = files + [v for v in videos if os.path.realpath(v.path) not in seen]
+    gave = {spec for spec in args.input if collect_videos([spec], recursive=args.recursive, exclude=args.output)}
+    return files, [(spec, reason) for spec, reason in problems if spec not in gave]
+
+
 def gather_report(report, dist, files):
     """Every process's report merged (each process gets the same); ``report`` with one process."""
     if dist is None:
@@ -197,7 +222,7 @@ def run(args, dist):
             raise ValueError(f"--outputs {args.outputs!r}: expected a subset of {','.join(OUTPUT_KINDS)}")
         if os.path.exists(args.output) and not os.path.isdir(args.output):
             raise ValueError(f"--output {args.output}: exists and is not a folder")
-        background = parse_background(args.background) if "composite" in outputs else None
+        background = parse_video_background(args.background) if "composite" in outputs else None
         if args.max_pixels is not None and args.max_pixels < 1:
             raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
         model, model_path, device, batch_size = load_network(args)
@@ -210,19 +235,31 @@ def run(args, dist):
         return 2
 
     files, problems = collect_inputs(args.input, recursive=args.recursive, exclude=args.output)
+    files, problems = add_videos(files, problems, args)
     for spec, reason in problems if main_process else ():
         print(f"failed: --input {spec}: {reason}", file=sys.stderr)
     if not args.quiet and main_process:
         newest = "" if args.model else " (the newest trained weights)"
         runtime = f"onnxruntime on {device}" if isinstance(model, OnnxModel) else f"{device}, {args.precision}"
         processes = f", {dist.world_size} processes" if dist else ""
-        print(f"{len(files)} images, model {model_path}{newest}, {runtime}, batch {batch_size}{processes}, "
+        videos = sum(map(is_video_file, (f.path for f in files)))
+        print(f"{len(files) - videos} images, {videos} videos, model {model_path}{newest}, {runtime}, batch {batch_size}{processes}, "
               f"network input {size}x{size} (from {size_source})", file=sys.stderr)
     mine = share_inputs(files, dist.rank, dist.world_size) if dist else files
+    clips = [f for f in mine if is_video_file(f.path)]
+    photos = [f for f in mine if not is_video_file(f.path)]
     try:
-        report = matte_files(matter, mine, args.output, outputs=outputs, background=background,
+        report = matte_files(matter, photos, args.output, outputs=outputs,
+                             background=background.first() if isinstance(background, VideoBackground) else background,
                              overwrite=args.overwrite, progress=not args.quiet and main_process,
                              max_pixels=args.max_pixels)
+        if clips:
+            clip_report = matte_videos(matter, clips, args.output, outputs, background=background,
+                                       temporal=args.temporal, video_format=args.video_format, frames=args.frames,
+                                       overwrite=args.overwrite, progress=not args.quiet and main_process,
+                                       max_pixels=args.max_pixels)
+            report = MatteReport(report.done + clip_report.done, report.skipped + clip_report.skipped,
+                                 report.failed + clip_report.failed, report.seconds + clip_report.seconds)
     except ModelOutputError as err:  # the network's fault, not a photo's: every photo would fail
         print(f"apply.py: error: {model_path}: {err}", file=sys.stderr)
         report = MatteReport(failed=[("--model", f"{model_path}: {err}")])  # torchrun: still meet the others below
