@@ -265,3 +265,48 @@ def test_ddp_validation_scores_rank_0s_saved_weights(two_ranks, tmp_path):
     alone, _ = engine.evaluate(load_model(str(tmp_path / "saved.pth")), ToyValSet(), 64, DistInfo(), batch_size=2)
     for key in engine.VAL_METRICS:
         assert metrics[key] == pytest.approx(alone[key], rel=1e-9, abs=1e-12), key
+
+
+def _two_machines_worker(rank, folder):
+    """Two gloo ranks standing for two machines of one process each (LOCAL_WORLD_SIZE=1): first
+    each with a cache folder of its own (node-local), then both with one shared folder."""
+    import data_loader.foreground_cache as fc
+    os.environ.update(LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    torch.set_num_threads(1)
+    torch_dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2,
+                                  timeout=datetime.timedelta(seconds=120))
+    try:
+        objects = [_write_pairs(folder) if rank == 0 else None]  # one dataset (a copy per machine alike)
+        torch_dist.broadcast_object_list(objects, src=0)
+        pairs = objects[0]
+        estimated, at_waits, real_wait = [], [], fc.wait_for_all
+
+        def wait_for_all(timeout, what=""):
+            at_waits.append(len(estimated))
+            real_wait(timeout, what)
+        fc.wait_for_all = wait_for_all
+        out = {}
+        for kind, cache_dir in (("node-local", f"cache{rank}"), ("shared", "cache")):
+            estimated.clear()
+            at_waits.clear()
+            cache = ForegroundCache(os.path.join(folder, cache_dir),
+                                    estimator=lambda rgb, alpha: estimated.append(rgb.sum()) or rgb)
+            out[kind] = {"failures": sorted(build_shared(cache, pairs, progress=False)),
+                         "before_barrier": at_waits[-1], "estimated": len(estimated)}
+        torch.save(out, os.path.join(folder, f"machine{rank}.pth"))
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def test_a_node_local_cache_is_estimated_by_each_machines_own_processes(tmp_path):
+    """Each machine's processes estimate every photo into its own folder before the barrier,
+    instead of a share of it followed, after the wait, by the rest on every rank one by one;
+    with one shared folder the job's processes split the photos, as before."""
+    if not torch_dist.is_available() or not torch_dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is needed")
+    torch.multiprocessing.spawn(_two_machines_worker, args=(str(tmp_path),), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"machine{r}.pth", weights_only=False) for r in range(2)]
+    for out in ranks:  # 7 pairs, the last one broken
+        assert out["node-local"] == {"failures": ["p6.png"], "before_barrier": 6, "estimated": 6}
+    assert [r["shared"]["before_barrier"] for r in ranks] == [3, 3]
+    assert [r["shared"]["failures"] for r in ranks] == [["p6.png"], ["p6.png"]]
