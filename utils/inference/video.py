@@ -85,6 +85,7 @@ class VideoInfo:
     rotation: int
     pix_fmt: str
     audio: str | None
+    duration: float | None = None   # seconds, from the headers (the stream's, else the container's)
 
 
 def _open(path: str):
@@ -95,6 +96,8 @@ def _open(path: str):
     except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
         if os.path.isfile(path) and os.path.getsize(path) == 0:
             raise VideoError(f"{path}: empty file") from err
+        if isinstance(err, av.EOFError):  # a header and nothing after it
+            raise VideoError(f"{path}: has no frames (the file ends before any)") from err
         raise VideoError(f"{path}: not a video FFmpeg can read ({_ffmpeg_reason(err)})") from err
 
 
@@ -119,9 +122,12 @@ def probe_video(path: str, max_pixels: int | None = None) -> VideoInfo:
             raise VideoError(f"{path}: {ctx.width}x{ctx.height} frames have {ctx.width * ctx.height} pixels, "
                              f"more than --max-pixels {max_pixels}")
         audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
+        duration = float(stream.duration * stream.time_base) if stream.duration else \
+            (container.duration / 1e6 if container.duration else None)
         rotation = _stream_rotation(container, stream)
         return VideoInfo(path, ctx.width, ctx.height, stream.frames or None, stream.average_rate,
-                         Fraction(stream.time_base), rotation, ctx.format.name if ctx.format else "?", audio)
+                         Fraction(stream.time_base), rotation, ctx.format.name if ctx.format else "?", audio,
+                         duration)
 
 
 def _stream_rotation(container, stream) -> int:
@@ -167,7 +173,7 @@ class FrameReader:
         import av
 
         k = self.info.rotation // 90
-        index, fallback = 0, 0
+        index, fallback, first, last = 0, 0, None, None
         try:
             with _open(self.path) as container:
                 stream = container.streams.video[0]
@@ -178,6 +184,8 @@ class FrameReader:
                     image = _frame_array(frame, self.gray)
                     pts = frame.pts if frame.pts is not None else fallback
                     fallback = pts + step
+                    first = pts if first is None else first
+                    last = pts + step
                     if not self._offer(Frame(index, pts, np.ascontiguousarray(np.rot90(image, k)) if k else image)):
                         return
                     index += 1
@@ -189,6 +197,13 @@ class FrameReader:
         if self.error is None and self.info.frames and index < self.info.frames:
             self.error = VideoError(f"{self.path}: truncated or corrupt: frame {index} of the {self.info.frames} "
                                     "the header announces could not be decoded")
+        if self.error is None and not self.info.frames and self.info.duration and last is not None:
+            # no frame count in the header (Matroska, WebM): the duration says whether the data ended early
+            decoded = float((last - first) * self.info.time_base)
+            frame_time = float(1 / self.info.fps) if self.info.fps else 0.04
+            if decoded < self.info.duration - max(3 * frame_time, 0.1):
+                self.error = VideoError(f"{self.path}: truncated or corrupt: decoding stopped after frame {index - 1} "
+                                        f"({decoded:.2f} s of the {self.info.duration:.2f} s the header gives)")
         if self.error is None and index == 0:
             self.error = VideoError(f"{self.path}: has no frames")
         self._offer(None)
