@@ -48,8 +48,8 @@ from utils.inference.core import MatteOptions, Matter, ModelOutputError, refine_
 from utils.inference.files import OUTPUT_KINDS, MatteReport, collect_inputs, matte_files, share_inputs  # noqa: E402
 from utils.inference.onnx_model import OnnxModel, is_onnx_path, load_any_model  # noqa: E402
 from utils.inference.temporal import DEFAULT_TEMPORAL, TEMPORAL_METHODS  # noqa: E402
-from utils.inference.video import (FRAME_MODES, VIDEO_FORMATS, VideoBackground, collect_videos,  # noqa: E402
-                                   is_video_file, matte_videos, parse_video_background)
+from utils.inference.video import (FRAME_MODES, VIDEO_FORMATS, VideoBackground, VideoOptions,  # noqa: E402
+                                   collect_videos, is_video_file, matte_videos, parse_video_background)
 from utils.runs import TRAINED, choose_weights, network_size  # noqa: E402
 
 DEFAULT_REFINE = "guided"  # benchmarks/refine.py: sharper edges for ~0.1 s a photo; README has the figures
@@ -254,10 +254,9 @@ def run(args, dist):
                              overwrite=args.overwrite, progress=not args.quiet and main_process,
                              max_pixels=args.max_pixels)
         if clips:
-            clip_report = matte_videos(matter, clips, args.output, outputs, background=background,
-                                       temporal=args.temporal, video_format=args.video_format, frames=args.frames,
-                                       overwrite=args.overwrite, progress=not args.quiet and main_process,
-                                       max_pixels=args.max_pixels)
+            clip_report = matte_videos(matter, clips, args.output, outputs, VideoOptions(
+                background, args.temporal, args.video_format, args.frames, args.overwrite,
+                progress=not args.quiet and main_process, max_pixels=args.max_pixels))
             report = MatteReport(report.done + clip_report.done, report.skipped + clip_report.skipped,
                                  report.failed + clip_report.failed, report.seconds + clip_report.seconds)
     except ModelOutputError as err:  # the network's fault, not a photo's: every photo would fail

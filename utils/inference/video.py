@@ -49,7 +49,7 @@ from .core import error_reason
 from .cutout import alpha_to_uint8, composite_over, cutout_rgba, estimate_foreground_colours, fit_background, parse_background
 from .files import (InputFile, MatteReport, clash_reason, encode_png, is_complete, remove_stale_temporaries,
                     separate_clashes)
-from .temporal import make_stabiliser
+from .temporal import DEFAULT_TEMPORAL, make_stabiliser
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 VIDEO_FORMATS = ("webm", "mov")    # the cut-out's container: VP9 with alpha, or ProRes 4444
@@ -562,48 +562,67 @@ def _plan(output_dir, name, outputs, video_format, frames, overwrite):
     return todo, kept
 
 
-def matte_video(matter, path: str, output_dir: str, outputs: tuple[str, ...] = ("alpha", "cutout"), *,
-                name: str | None = None, background=None, temporal: str = "ema", video_format: str = "webm",
-                frames: str = "none", overwrite: bool = False, progress: bool = True,
-                max_pixels: int | None = None, note=None) -> MatteReport:
+@dataclass
+class VideoOptions:
+    """How ``matte_video`` writes a clip. background: for composites, a colour/image array
+    (``parse_background``), a ``VideoBackground`` or a spec string (``parse_video_background``).
+    temporal: a ``utils.inference.temporal`` method (``none``: per frame). video_format: the
+    cut-out's container, ``webm`` or ``mov``. frames: ``none``, ``also`` or ``only`` (PNG
+    sequences beside or instead of the videos). overwrite: replace complete outputs (else kept).
+    progress: a progress bar per clip. max_pixels: larger frames fail (from the header)."""
+    background: object = None
+    temporal: str = DEFAULT_TEMPORAL
+    video_format: str = "webm"
+    frames: str = "none"
+    overwrite: bool = False
+    progress: bool = True
+    max_pixels: int | None = None
+
+    def check(self, outputs: tuple[str, ...]) -> None:
+        """Raise ValueError naming the first bad field (before any work)."""
+        from .files import OUTPUT_KINDS
+
+        unknown = [k for k in outputs if k not in OUTPUT_KINDS]
+        if not outputs or unknown:
+            raise ValueError(f"outputs must be a non-empty subset of {OUTPUT_KINDS}, got {list(outputs)}")
+        if self.video_format not in VIDEO_FORMATS:
+            raise ValueError(f"video_format must be one of {VIDEO_FORMATS}, got {self.video_format!r}")
+        if self.frames not in FRAME_MODES:
+            raise ValueError(f"frames must be one of {FRAME_MODES}, got {self.frames!r}")
+        if "composite" in outputs and self.background is None:
+            raise ValueError("a composite needs a background (a colour, an image or a video)")
+        make_stabiliser(self.temporal)
+
+
+def matte_video(matter, path: str, output_dir: str, outputs: tuple[str, ...] = ("alpha", "cutout"),
+                options: VideoOptions | None = None, name: str | None = None, note=None) -> MatteReport:
     """Matte every frame of the video ``path`` into ``<output_dir>/<kind>/<name>.<ext>``.
 
     matter: a ``utils.inference.core.Matter``. outputs: subset of alpha, cutout, composite.
-    name: the output name (default the file's name; apply.py passes the name relative to the
-    folder given). background: for composites, a colour/image array (``parse_background``), a
-    ``VideoBackground`` or a spec string. temporal: a ``utils.inference.temporal`` method
-    ("none": per frame). video_format: ``webm`` or ``mov`` for cut-outs. frames: ``none``,
-    ``also`` or ``only`` (PNG sequences beside or instead of the videos). Existing complete
-    outputs are kept unless ``overwrite``. Returns a ``MatteReport`` with this one clip done,
-    skipped or failed (a damaged clip is failed, its outputs hold the frames before the damage);
-    raises ValueError for bad arguments and ModelOutputError for a broken network.
+    options: a ``VideoOptions`` (default: its defaults). name: the output name (default the
+    file's name; apply.py passes the name relative to the folder given). note: where messages
+    go (default stderr). Returns a ``MatteReport`` with this clip done, skipped (outputs exist)
+    or failed (a damaged clip is failed, and its outputs hold the frames before the damage);
+    raises ValueError for bad options and ModelOutputError for a broken network.
     """
-    from .files import OUTPUT_KINDS
-
+    options = options or VideoOptions()
     note = note or (lambda message: print(message, file=sys.stderr))
     name = name or os.path.basename(path)
-    unknown = [k for k in outputs if k not in OUTPUT_KINDS]
-    if not outputs or unknown:
-        raise ValueError(f"outputs must be a non-empty subset of {OUTPUT_KINDS}, got {list(outputs)}")
-    if video_format not in VIDEO_FORMATS:
-        raise ValueError(f"video_format must be one of {VIDEO_FORMATS}, got {video_format!r}")
-    if frames not in FRAME_MODES:
-        raise ValueError(f"frames must be one of {FRAME_MODES}, got {frames!r}")
-    if "composite" in outputs and background is None:
-        raise ValueError("a composite needs a background (a colour, an image or a video)")
+    options.check(outputs)
+    background = options.background
     if isinstance(background, str):
         background = parse_video_background(background)
-    stabilise = make_stabiliser(temporal)  # ValueError for an unknown method, before any work
+    stabilise = make_stabiliser(options.temporal)  # a new state for every clip
     report, start = MatteReport(), time.perf_counter()
-    todo, kept = _plan(output_dir, name, outputs, video_format, frames, overwrite)
+    todo, kept = _plan(output_dir, name, outputs, options.video_format, options.frames, options.overwrite)
     if kept:
         note(f"{'skipped' if not todo else 'kept'} existing {', '.join(p for _, _, p in kept)} (--overwrite replaces)")
     if not todo:
         report.skipped.append((name, "outputs exist"))
         return report
     try:
-        info = probe_video(path, max_pixels)
-        reason = _matte_clip(matter, info, todo, background, stabilise, progress)
+        info = probe_video(path, options.max_pixels)
+        reason = _matte_clip(matter, info, todo, background, stabilise, options.progress)
     except VideoError as err:
         reason = str(err)
     report.seconds = time.perf_counter() - start
@@ -708,17 +727,17 @@ def collect_videos(specs: list[str], recursive: bool = False, exclude: str | Non
     return found
 
 
-def matte_videos(matter, videos: list[InputFile], output_dir: str, outputs: tuple[str, ...], **options) -> MatteReport:
+def matte_videos(matter, videos: list[InputFile], output_dir: str, outputs: tuple[str, ...],
+                 options: VideoOptions | None = None) -> MatteReport:
     """``matte_video`` for each of ``videos`` (``InputFile``s), one report for all; two videos
-    whose outputs would overwrite each other (``a.mp4``, ``a.mov``): the second fails by name.
-    options: those of ``matte_video``."""
+    whose outputs would overwrite each other (``a.mp4``, ``a.mov``): the second fails by name."""
     report = MatteReport()
     kept, clashes = separate_clashes(videos)
     for item, owner in clashes:
         report.failed.append((item.name, clash_reason(owner)))
         print(f"failed: {item.path}: output name clashes with {owner}", file=sys.stderr)
     for item in kept:
-        one = matte_video(matter, item.path, output_dir, outputs, name=item.name, **options)
+        one = matte_video(matter, item.path, output_dir, outputs, options, name=item.name)
         report.done += one.done
         report.skipped += one.skipped
         report.failed += one.failed
