@@ -1,0 +1,313 @@
+"""Load-test serve.py against ``rembg s`` on the same .onnx: throughput, latency, memory.
+
+    python benchmarks/serve.py                         # U2NETP, random weights: ~8 min on 2 busy cores
+    python benchmarks/serve.py --requests 24 --memory-requests 400 --kinds mask
+    python benchmarks/serve.py --memory-requests 2000  # the issue's memory check (long)
+    python benchmarks/serve.py --no-rembg              # ours only
+
+What it does: makes ``--photos`` synthetic photo-like JPEGs (benchmarks/apply.py's, at
+``--photo-size``), saves random weights of ``--arch`` and exports them with export.py; starts
+each server on a free loopback port (only 127.0.0.1 is ever contacted), and for each request
+kind (``mask``: rembg's ``om=true``, the network and resize only; ``cutout``: rembg's default
+request, each server's own cut-out) and each concurrency in ``--concurrency`` sends a fixed
+``--requests`` requests (after a warm-up of one per client) from that many client threads:
+throughput, p50/p99 latency, failures (503s counted apart). Then ``--memory-requests`` mask
+requests at concurrency 8 to a fresh server: its RSS after the first 100, at the end, and its
+peak (VmHWM). rembg 2.0.86 runs from its own virtual environment, made on first use in
+``--rembg-venv`` (``pip install "rembg[cpu,cli]==2.0.86"``; rembg's server needs its CLI extras),
+with ``-m u2net_custom`` and the .onnx passed as rembg's clients pass it (form ``model``,
+query ``extras={"model_path": ...}``). Our server runs with ``--refine none`` (the same work as
+rembg's: the network's alpha resized) and its other defaults.
+
+The machine is shared: the table prints ``uptime``'s load averages beside the figures. Compare
+ratios within one run.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOST = "127.0.0.1"  # loopback only: this generator never sends elsewhere
+REMBG_VERSION = "2.0.86"
+_spec = importlib.util.spec_from_file_location("bench_apply", os.path.join(REPO, "benchmarks", "apply.py"))
+bench_apply = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_apply)  # its photo maker, weights, export and memory readers
+
+
+# ---------------------------------------------------------------- the servers
+def free_port():
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def rembg_python(venv):
+    """rembg's own virtual environment (made and filled on first use); its python."""
+    python = os.path.join(venv, "bin", "python")
+    ready = os.path.exists(python) and subprocess.run([python, "-c", "import rembg.commands, onnxruntime"],
+                                                      capture_output=True).returncode == 0
+    if not ready:
+        print(f"installing rembg[cpu,cli]=={REMBG_VERSION} into {venv} (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        subprocess.run([python, "-m", "pip", "install", "-q", f"rembg[cpu,cli]=={REMBG_VERSION}"], check=True)
+    return python
+
+
+class Server:
+    """A server process on a free loopback port; ``pid``, ``url``, ``rss_mb()``, ``peak_mb()``."""
+
+    def __init__(self, label, command, env=None, cwd=None):
+        self.label, self.port = label, free_port()
+        command = [part.replace("{port}", str(self.port)) for part in command]
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(command, env={**os.environ, **(env or {})}, cwd=cwd,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        self.pid, self.url = self.process.pid, f"http://{HOST}:{self.port}"
+
+    def wait_ready(self, path, seconds=300):
+        import httpx
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"{self.label} exited:\n{self.log.read().decode()[-3000:]}")
+            try:
+                httpx.get(self.url + path, timeout=2)
+                return
+            except httpx.TransportError:
+                time.sleep(0.3)
+        raise RuntimeError(f"{self.label} did not start within {seconds} s")
+
+    def _status_mb(self, key):
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def rss_mb(self):
+        return self._status_mb("VmRSS")
+
+    def peak_mb(self):
+        return self._status_mb("VmHWM")
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_ours(onnx_path, workdir):
+    server = Server("serve.py", [sys.executable, os.path.join(REPO, "serve.py"), "--model", onnx_path,
+                                 "--host", HOST, "--port", "{port}", "--refine", "none", "--log-level", "warning"
+                                 ], cwd=workdir)
+    server.wait_ready("/healthz")
+    return server
+
+
+def start_rembg(python, onnx_path, workdir):
+    rembg = os.path.join(os.path.dirname(python), "rembg")
+    # BROWSER=true: rembg s opens a web browser at start-up; REMBG_HOME: 2.0.86 takes custom models
+    # only from inside its home folder
+    env = {"BROWSER": "true", "REMBG_HOME": os.path.dirname(onnx_path)}
+    help_text = subprocess.run([rembg, "s", "--help"], capture_output=True, text=True, env={**os.environ, **env}).stdout
+    extra = ["--no-ui"] if "--no-ui" in help_text else []
+    server = Server(f"rembg s {REMBG_VERSION}", [rembg, "s", "--host", HOST, "--port", "{port}",
+                                                 "--log_level", "warning", *extra], env=env, cwd=workdir)
+    server.wait_ready("/api")
+    return server
+
+
+# ---------------------------------------------------------------- the load
+def request_args(server, kind, onnx_path):
+    """(params, form fields) of one request of ``kind`` as rembg's clients send it."""
+    data = {"om": "true"} if kind == "mask" else {}
+    params = {}
+    if server.label.startswith("rembg"):
+        data["model"] = "u2net_custom"
+        params["extras"] = json.dumps({"model_path": onnx_path})
+    return params, data
+
+
+def load(server, photos, kind, onnx_path, concurrency, count, warmup=True):
+    """``count`` POST /api/remove from ``concurrency`` client threads (photos in turn) after one
+    warm-up request per client. Returns a dict of seconds, throughput, p50/p99 (ms), failures, 503s."""
+    import httpx
+    params, data = request_args(server, kind, onnx_path)
+    latencies, statuses, lock, taken = [], [], threading.Lock(), [0]
+
+    def client(warm):
+        with httpx.Client(timeout=600) as http:
+            while True:
+                with lock:
+                    if taken[0] >= (concurrency if warm else count):
+                        return
+                    index = taken[0]
+                    taken[0] += 1
+                photo = photos[index % len(photos)]
+                start = time.perf_counter()
+                try:
+                    status = http.post(server.url + "/api/remove", params=params, data=data,
+                                       files={"file": ("photo.jpg", photo, "image/jpeg")}).status_code
+                except httpx.TransportError:
+                    status = 0
+                with lock:
+                    if not warm:
+                        latencies.append(time.perf_counter() - start)
+                        statuses.append(status)
+
+    def run(warm):
+        taken[0] = 0
+        threads = [threading.Thread(target=client, args=(warm,)) for _ in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    if warmup:
+        run(True)
+    start = time.perf_counter()
+    run(False)
+    seconds = time.perf_counter() - start
+    lat = np.array(latencies) * 1000
+    return {"seconds": seconds, "per_s": count / seconds, "p50": float(np.percentile(lat, 50)),
+            "p99": float(np.percentile(lat, 99)), "failed": sum(s not in (200, 503) for s in statuses),
+            "busy": statuses.count(503)}
+
+
+def memory_run(start, photos, onnx_path, count, concurrency=8):
+    """A fresh server (``start()``) given ``count`` mask requests at ``concurrency``: its RSS (MB)
+    after the first 100 and after all, and its peak (VmHWM); failures."""
+    server = start()
+    try:
+        first = min(100, count)
+        failed = load(server, photos, "mask", onnx_path, concurrency, first, warmup=False)["failed"]
+        after_100 = server.rss_mb()
+        if count > first:
+            failed += load(server, photos, "mask", onnx_path, concurrency, count - first, warmup=False)["failed"]
+        return {"after_100": after_100, "final": server.rss_mb(), "peak": server.peak_mb(), "failed": failed}
+    finally:
+        server.stop()
+
+
+def uptime():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def cpu_name():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="u2netp", choices=("u2netp", "u2net"), help="random weights of (default: u2netp)")
+    p.add_argument("--model", help="an .onnx to serve instead of random weights")
+    p.add_argument("--photos", type=int, default=8, help="distinct photos sent in turn (default: 8)")
+    p.add_argument("--photo-size", default="720x960", help="WxH of the synthetic photos (default: 720x960)")
+    p.add_argument("--concurrency", default="1,4,16", help="client threads, comma-separated (default: 1,4,16)")
+    p.add_argument("--requests", type=int, default=16, help="timed requests per concurrency and kind (default: 16)")
+    p.add_argument("--kinds", default="mask,cutout", help="request kinds: mask (om=true), cutout (default: both)")
+    p.add_argument("--memory-requests", type=int, default=200,
+                   help="mask requests of the memory run, on a fresh server, concurrency 8 (default: 200; the "
+                        "issue's check: 2000)")
+    p.add_argument("--rembg-venv", default=os.path.join(tempfile.gettempdir(), "rembg-venv"),
+                   help="rembg's own virtual environment, made on first use (default: %(default)s)")
+    p.add_argument("--no-rembg", action="store_true", help="ours only")
+    args = p.parse_args()
+
+    work = tempfile.mkdtemp(prefix="bench_serve_")
+    width, height = (int(v) for v in args.photo_size.split("x"))
+    photo_dir = os.path.join(work, "photos")
+    make_photos(photo_dir, args.photos, width, height)
+    photos = [open(os.path.join(photo_dir, n), "rb").read() for n in sorted(os.listdir(photo_dir))]
+    onnx_path = args.model
+    if onnx_path is None:
+        weights = os.path.join(work, f"{args.arch}_random.pth")
+        bench_apply.save_random_weights(weights, args.arch)
+        onnx_path = os.path.join(work, "model.onnx")
+        print(bench_apply.export_onnx(weights, onnx_path, 320), flush=True)
+    onnx_path = os.path.abspath(onnx_path)
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    kinds = [k for k in args.kinds.split(",") if k]
+    starters = [("serve.py", lambda: start_ours(onnx_path, work))]
+    if not args.no_rembg:
+        python = rembg_python(args.rembg_venv)
+        starters.append((f"rembg s {REMBG_VERSION}", lambda: start_rembg(python, onnx_path, work)))
+
+    print(f"{cpu_name()}, {os.cpu_count()} cores; {args.arch if not args.model else args.model}; "
+          f"{len(photos)} photos {width}x{height}; load average at start {uptime()}", flush=True)
+    rows, memory = {}, {}
+    for label, start in starters:
+        server = start()
+        try:
+            for kind in kinds:
+                for c in concurrencies:
+                    r = load(server, photos, kind, onnx_path, c, args.requests)
+                    rows[(label, kind, c)] = r
+                    print(f"{label:16s} {kind:6s} c={c:<3d} {r['per_s']:6.2f} req/s  p50 {r['p50']:7.0f} ms  "
+                          f"p99 {r['p99']:7.0f} ms  failed {r['failed']}  503 {r['busy']}  "
+                          f"RSS {server.rss_mb():6.0f} MB  load {uptime()}", flush=True)
+        finally:
+            server.stop()
+        if args.memory_requests:
+            m = memory[label] = memory_run(start, photos, onnx_path, args.memory_requests)
+            print(f"{label:16s} memory (fresh server, 8 clients): RSS after 100 {m['after_100']:.0f} MB, after "
+                  f"{args.memory_requests} {m['final']:.0f} MB ({m['final'] / m['after_100'] - 1:+.1%}), peak "
+                  f"{m['peak']:.0f} MB, failed {m['failed']}  load {uptime()}", flush=True)
+    print_table(rows, memory, kinds, concurrencies, args.memory_requests)
+
+
+def make_photos(folder, count, width, height):
+    """benchmarks/apply.py's synthetic photos, resized to width x height (portraits)."""
+    from PIL import Image
+    bench_apply.make_photos(folder, count)
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        with Image.open(path) as im:
+            small = im.resize((width, height) if im.height >= im.width else (height, width), Image.LANCZOS)
+        small.save(path, quality=92)
+
+
+def print_table(rows, memory, kinds, concurrencies, memory_requests):
+    """The markdown table of documents/serving.md."""
+    labels = sorted({label for label, _, _ in rows}, key=lambda label: not label.startswith("serve"))
+    print("\n| server | request | clients | req/s | p50 ms | p99 ms | failed | 503 | x rembg |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for kind in kinds:
+        for c in concurrencies:
+            for label in labels:
+                r = rows.get((label, kind, c))
+                if r is None:
+                    continue
+                base = next((rows[(other, kind, c)] for other in labels if other.startswith("rembg")
+                             and (other, kind, c) in rows), None)
+                ratio = f"{r['per_s'] / base['per_s']:.2f}" if base and not label.startswith("rembg") else ""
+                print(f"| {label} | {kind} | {c} | {r['per_s']:.2f} | {r['p50']:.0f} | {r['p99']:.0f} | "
+                      f"{r['failed']} | {r['busy']} | {ratio} |")
+    if memory:
+        print(f"\n| server | RSS after 100 MB | RSS after {memory_requests} MB | change | peak MB | failed |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for label, m in memory.items():
+            print(f"| {label} | {m['after_100']:.0f} | {m['final']:.0f} | {m['final'] / m['after_100'] - 1:+.1%} | "
+                  f"{m['peak']:.0f} | {m['failed']} |")
+
+
+if __name__ == "__main__":
+    main()
