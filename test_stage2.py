@@ -15,6 +15,9 @@ Three ways, each at the ground truth's full resolution, deterministic:
     # 3. alpha PNGs of any method, no model: the same scores on the same footing
     python test_stage2.py --predictions other_method/alpha --alphas P3M-500-P/mask
 
+    # 4. videos: alpha videos or frame folders against <clip>/pha/*.png, with dtSSD and MESSDdt too
+    python test_stage2.py --video --predictions out/alpha --alphas videomatte_test/
+
 Options: --output DIR (default: a new test_<timestamp>/ in the weights' run folder, else under
 results_test/), --save-predictions (8-bit <stem>.png in <output>/predictions/), --grid-rows K,
 --max-pixels N (folder files with more pixels fail before any work; default 100 MP, see
@@ -48,6 +51,7 @@ from utils.inference.evaluate import (EvaluationError, Extremes, PairDataset, de
                                       write_metrics_csv)
 from utils.inference.onnx_model import OnnxModelError, load_any_model
 from utils.inference.core import MatteOptions, Matter, refine_options
+from utils.inference.video import score_video_folders
 from utils.metrics import METRIC_NAMES, REGION_METRIC_NAMES
 from utils.runs import choose_weights, network_size
 from utils.settings import load_settings, settings_to_dict
@@ -59,6 +63,9 @@ def parse_args(argv=None):
     parser.add_argument("--predictions", help="folder of alpha mattes to score as they are (no model)")
     parser.add_argument("--alphas", help="folder of ground-truth alpha mattes")
     parser.add_argument("--trimaps", help="folder of trimaps (0/128/255) for the region errors")
+    parser.add_argument("--video", action="store_true",
+                        help="score alpha videos or frame folders (--predictions: <clip>.mp4 or <clip>/*.png) against "
+                             "ground-truth frames (--alphas: <clip>/pha/*.png) with MAD, MSE, Grad, Conn, dtSSD, MESSDdt")
     parser.add_argument("--output", help="output folder (default: a new test_<timestamp>/ folder)")
     parser.add_argument("--save-predictions", action="store_true", help="save predicted alphas as 8-bit PNGs")
     parser.add_argument("--grid-rows", type=int, default=4, help="worst and best images shown in grid.png (0: no grid)")
@@ -79,6 +86,9 @@ def parse_args(argv=None):
         parser.error("--trimaps goes with --alphas (the held-out split derives its trimaps)")
     if args.max_pixels < 1:
         parser.error(f"--max-pixels must be >= 1, got {args.max_pixels}")
+    if args.video and not (args.predictions and args.alphas) or args.video and args.trimaps:
+        parser.error("--video scores --predictions (alpha videos or frame folders) against --alphas (<clip>/pha/); "
+                     "no --images, no --trimaps")
     return settings, args
 
 
@@ -122,6 +132,12 @@ def find_weights(settings):
 
 def main(argv=None):
     settings, args = parse_args(argv)
+    if args.video:  # per clip and overall, utils/inference/video.py (documents/video.md)
+        output = args.output or new_output_dir(None, create=False)
+        summary = score_video_folders(args.predictions, args.alphas, output)
+        print(f"{summary['clips']} clips, {summary['frames']} frames; means over clips: "
+              + ", ".join(f"{k} {v:.5g}" for k, v in summary["means"].items()) + f"\nwrote {output}/metrics.csv, summary.json")
+        return output
     torch.manual_seed(settings.seed)
     device = resolve_device(settings.device)
 

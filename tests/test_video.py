@@ -253,3 +253,59 @@ def test_stabiliser_steadies_still_flicker_and_follows_motion():
         make_stabiliser("kalman")
     with pytest.raises(ValueError, match="strength"):
         Stabiliser("ema", strength=1.5)
+
+
+def moving_alphas(n, w=40, h=30, speed=2):
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    return [np.clip((8 - np.hypot(xx - 12 - speed * i, yy - 15)) / 3, 0, 1) for i in range(n)]
+
+
+def write_frames(folder, alphas):
+    os.makedirs(folder, exist_ok=True)
+    for i, alpha in enumerate(alphas):
+        Image.fromarray(np.round(alpha * 255).astype(np.uint8)).save(os.path.join(folder, f"{i:05d}.png"))
+
+
+def test_stage2_video_scores_clips_against_pha_frames(tmp_path, capsys):
+    import json
+
+    import test_stage2
+    from utils.inference.video import VideoInfo, VideoWriter
+    from utils.metrics import dtssd, matting_metrics, messddt
+
+    truth = moving_alphas(6)
+    quantised = [np.round(a * 255) / 255 for a in truth]
+    rng = np.random.default_rng(1)
+    noisy = [np.clip(a + rng.normal(0, 0.05, a.shape) * (a > 0), 0, 1) for a in quantised]
+    write_frames(tmp_path / "gt" / "exact" / "pha", truth)
+    write_frames(tmp_path / "gt" / "noisy" / "pha", truth)
+    write_frames(tmp_path / "gt" / "video" / "pha", truth)
+    write_frames(tmp_path / "gt" / "absent" / "pha", truth)
+    write_frames(tmp_path / "pred" / "exact", truth)               # apply.py --frames layout
+    write_frames(tmp_path / "pred" / "noisy" / "pha", noisy)       # RVM's layout
+    info = VideoInfo("none", 40, 30, None, Fraction(25), Fraction(1, 25), 0, "yuv420p", None)
+    writer = VideoWriter(str(tmp_path / "pred" / "video.mp4"), "alpha", info, audio=False)
+    for i, alpha in enumerate(truth):
+        writer.write(np.round(alpha * 255).astype(np.uint8), i)
+    writer.close()
+    out = tmp_path / "scores"
+    test_stage2.main(["--video", "--predictions", str(tmp_path / "pred"), "--alphas", str(tmp_path / "gt"),
+                      "--output", str(out)])
+    assert "absent" in capsys.readouterr().out  # no prediction: named and skipped
+    rows = {r.split(",")[0]: r.split(",") for r in open(out / "metrics.csv").read().splitlines()[1:]}
+    assert set(rows) == {"exact", "noisy", "video"}
+    exact = [float(x) for x in rows["exact"][2:]]
+    assert exact == [0.0] * 6
+    noisy8 = [np.round(a * 255) / 255 for a in noisy]
+    expected_mad = np.mean([matting_metrics(p, g)["mad"] for p, g in zip(noisy8, quantised)])
+    assert float(rows["noisy"][2]) == pytest.approx(expected_mad, rel=1e-5)
+    assert float(rows["noisy"][6]) == pytest.approx(dtssd(noisy8, quantised), rel=1e-5)
+    assert float(rows["noisy"][7]) == pytest.approx(messddt(noisy8, quantised), rel=1e-4)
+    assert float(rows["video"][2]) < 0.5 / 255  # the alpha video decodes to the frames it was given
+    summary = json.load(open(out / "summary.json"))
+    assert summary["clips"] == 3 and summary["frames"] == 18 and summary["skipped_clips"] == ["absent"]
+    # a prediction with a frame missing is named
+    os.remove(tmp_path / "pred" / "exact" / "00005.png")
+    with pytest.raises(Exception, match="5 frames, but"):
+        test_stage2.main(["--video", "--predictions", str(tmp_path / "pred"), "--alphas", str(tmp_path / "gt"),
+                          "--output", str(out)])

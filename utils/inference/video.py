@@ -743,3 +743,127 @@ def matte_videos(matter, videos: list[InputFile], output_dir: str, outputs: tupl
         report.failed += one.failed
         report.seconds += one.seconds
     return report
+
+
+# ---------------------------------------------------------------- scoring (test_stage2.py --video)
+VIDEO_SCORE_COLUMNS = ("name", "frames", "mad", "mse", "grad", "conn", "dtssd", "messddt")
+
+
+def ground_truth_clips(root: str) -> dict[str, list[str]]:
+    """A VideoMatte240K-style folder ``<root>/<clip>/pha/*.png`` (or .jpg) -> {clip: sorted
+    frame paths}. Raises ``EvaluationError`` naming ``root`` when it holds no such clip."""
+    from data_loader.image_io import is_image_file
+
+    from .evaluate import EvaluationError
+
+    if not os.path.isdir(root):
+        raise EvaluationError(f"folder not found: {root}")
+    clips = {}
+    for clip in sorted(os.listdir(root)):
+        pha = os.path.join(root, clip, "pha")
+        if os.path.isdir(pha):
+            clips[clip] = sorted(os.path.join(pha, n) for n in os.listdir(pha) if is_image_file(n))
+    if not clips:
+        raise EvaluationError(f"{root}: no <clip>/pha/ folders of ground-truth frames (VideoMatte240K layout)")
+    return clips
+
+
+def prediction_of(folder: str, clip: str) -> str | None:
+    """Where ``clip``'s predicted alphas are in ``folder``: ``<clip>.<video ext>`` (apply.py's
+    alpha video), ``<clip>/pha/`` or ``<clip>/`` (PNG frames, apply.py --frames); None if none."""
+    for ext in VIDEO_EXTENSIONS:
+        if os.path.isfile(os.path.join(folder, clip + ext)):
+            return os.path.join(folder, clip + ext)
+    for sub in (os.path.join(folder, clip, "pha"), os.path.join(folder, clip)):
+        if _is_complete_folder(sub):
+            return sub
+    return None
+
+
+def _predicted_frames(path: str) -> Iterator[np.ndarray]:
+    from data_loader.image_io import is_image_file, read_alpha
+
+    if os.path.isfile(path):
+        yield from read_alpha_frames(path)
+        return
+    for name in sorted(n for n in os.listdir(path) if is_image_file(n)):
+        yield read_alpha(os.path.join(path, name))
+
+
+def score_clip(prediction: str, truth_frames: list[str]) -> dict:
+    """One clip's row: mean MAD, MSE, Grad, Conn over its frames, and its dtSSD and MESSDdt
+    (utils/metrics.py), reading two frames at a time. A prediction padded to even sizes (our
+    4:2:0 videos) is cropped back. Raises ``EvaluationError`` naming the files."""
+    from data_loader.image_io import read_alpha
+    from utils.metrics import dtssd_frame, matting_metrics, messddt_pair
+
+    from .evaluate import EvaluationError
+
+    sums = dict.fromkeys(("mad", "mse", "grad", "conn", "dtssd", "messddt"), 0.0)
+    previous, count = None, 0
+    predicted = _predicted_frames(prediction)
+    try:
+        for index, truth_path in enumerate(truth_frames):
+            pred = next(predicted, None)
+            if pred is None:
+                raise EvaluationError(f"{prediction}: {index} frames, but {os.path.dirname(truth_path)} has "
+                                      f"{len(truth_frames)}")
+            gt = read_alpha(truth_path)
+            h, w = gt.shape
+            if pred.shape != gt.shape and (pred.shape[0] - h, pred.shape[1] - w) in ((0, 1), (1, 0), (1, 1)):
+                pred = pred[:h, :w]
+            if pred.shape != gt.shape:
+                raise EvaluationError(f"{prediction}: frame {index} is {pred.shape[1]}x{pred.shape[0]} but "
+                                      f"{truth_path} is {w}x{h}")
+            for key, value in matting_metrics(pred, gt).items():
+                if key in sums:
+                    sums[key] += value
+            if previous is not None:
+                sums["dtssd"] += dtssd_frame(pred, previous[0], gt, previous[1])
+                sums["messddt"] += messddt_pair(previous[0], previous[1], pred, gt)
+            previous, count = (pred, gt), count + 1
+        if next(predicted, None) is not None:
+            raise EvaluationError(f"{prediction}: more frames than the {len(truth_frames)} of "
+                                  f"{os.path.dirname(truth_frames[0])}")
+    except VideoError as err:
+        raise EvaluationError(str(err)) from err
+    row = {key: value / count for key, value in sums.items() if key not in ("messddt",)}
+    row["messddt"] = sums["messddt"] / (count - 1) if count > 1 else 0.0
+    return {"frames": count, **row}
+
+
+def score_video_folders(predictions: str, truths: str, output: str) -> dict:
+    """test_stage2.py --video: every clip of ``truths`` (``<clip>/pha/*.png``) against its
+    prediction in ``predictions`` (``prediction_of``), into ``<output>/metrics.csv`` (one row a
+    clip, ``VIDEO_SCORE_COLUMNS``) and ``summary.json`` (the means over clips, the frame count).
+    Clips without a prediction are listed and skipped; none at all is an ``EvaluationError``.
+    Returns the summary."""
+    import csv
+
+    from .evaluate import EvaluationError, write_json
+
+    clips = ground_truth_clips(truths)
+    found = {clip: prediction_of(predictions, clip) for clip in clips}
+    missing = sorted(clip for clip, path in found.items() if path is None)
+    if len(missing) == len(clips):
+        raise EvaluationError(f"{predictions}: no prediction for any of the {len(clips)} clips of {truths} "
+                              "(expected <clip>.mp4, <clip>/pha/*.png or <clip>/*.png)")
+    if missing:
+        print(f"{len(missing)} clip(s) without a prediction, skipped: {', '.join(missing)}")
+    rows = []
+    for clip, path in found.items():
+        if path is not None:
+            rows.append({"name": clip, **score_clip(path, clips[clip])})
+            print(f"  {clip}: " + ", ".join(f"{k} {rows[-1][k]:.5g}" for k in VIDEO_SCORE_COLUMNS[2:]))
+    means = {key: float(np.mean([row[key] for row in rows])) for key in VIDEO_SCORE_COLUMNS[2:]}
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, "metrics.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=VIDEO_SCORE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {"clips": len(rows), "frames": sum(row["frames"] for row in rows), "means": means,
+               "means_of": "clips (each clip's mean over its frames)", "predictions": predictions, "truths": truths,
+               "skipped_clips": missing,
+               "scaling": "mad, mse unscaled; grad, conn / 1000 (mean per frame); dtssd x 100; messddt x 1000"}
+    write_json(os.path.join(output, "summary.json"), summary)
+    return summary
