@@ -34,6 +34,7 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, REPO)
 
 from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES  # noqa: E402
+from utils.inference.core import MatteOptions, refine_options  # noqa: E402
 from utils.serving.app import CONFIG_ENV, ServeConfig, resolve_model  # noqa: E402
 from utils.serving.limits import MB, Limits  # noqa: E402
 
@@ -95,6 +96,9 @@ def main(argv=None):
                              limits=limits, api_key=args.api_key or None, cors=tuple(args.cors))
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        # the core's own checks of size, batch and refinement, before any process starts
+        MatteOptions(size=args.size or 320, resize=args.resize, precision=args.precision,
+                     batch_size=args.max_batch, refine=refine_options(args.refine))
         config = replace(config, model=resolve_model(config))  # the same file in every worker process
     except ValueError as err:
         print(f"serve.py: error: {err}", file=sys.stderr)

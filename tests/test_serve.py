@@ -333,6 +333,8 @@ def test_bad_flags_and_a_missing_model_exit_2(capsys, tmp_path):
     assert "no such file" in capsys.readouterr().err
     assert serve.main(["--model", str(tmp_path / "none.pth"), "--max-queue", "0"]) == 2
     assert "--max-queue" in capsys.readouterr().err
+    assert serve.main(["--model", str(tmp_path / "none.pth"), "--size", "8"]) == 2
+    assert "size must be an integer in [32, 4096]" in capsys.readouterr().err
 
 
 def free_port():

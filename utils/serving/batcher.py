@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from utils.inference.core import Matter
 from utils.inference.preprocess import network_input_size
 
 _STOP = object()
@@ -58,7 +59,7 @@ class Batcher:
     photo of a batch waits for others, >= 0. workers: threads of the pool, >= 1.
     """
 
-    def __init__(self, matter, max_batch: int = 4, max_wait_ms: float = 5.0, workers: int = 2):
+    def __init__(self, matter: Matter, max_batch: int = 4, max_wait_ms: float = 5.0, workers: int = 2):
         if max_batch < 1 or max_wait_ms < 0 or workers < 1:
             raise ValueError(f"need max_batch >= 1, max_wait_ms >= 0, workers >= 1; got {max_batch}, "
                              f"{max_wait_ms}, {workers}")
