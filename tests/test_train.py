@@ -130,9 +130,10 @@ def no_data(settings):
 def one_line_exit(capsys, script, argv):
     with pytest.raises(SystemExit) as exit_info:
         script.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith(f"{script.SCRIPT}: error: ")]
+    assert exit_info.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
 
 
 def test_cheap_checks_come_before_any_data_and_exit_2_with_one_line(tmp_path, monkeypatch, capsys):
