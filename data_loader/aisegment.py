@@ -46,7 +46,7 @@ def index_aisegment(root, split, image_num=None):
     orphans = SkipReport(f"AISegment mattes of {root}")
     mattes = {os.path.splitext(rel)[0]: f"matting/{rel}" for rel in list_images(matting_dir)}
     report_orphan_masks(orphans, mattes, {os.path.splitext(matte_relpath(rel))[0] for rel in photos})
-    orphans.warn(len(mattes), stacklevel=4)
+    orphans.warn(len(mattes), stacklevel=4, once=True)
     if not pairs:
         raise DatasetError(f"no usable photo/matte pairs in {root}: " + report.message(len(candidates)))
     report.warn(len(candidates), stacklevel=4)

@@ -65,7 +65,7 @@ def index_foregrounds(root, split, image_num=None):
             candidates.append((_join(category, PHOTO_DIR, rel), os.path.join(root, category, PHOTO_DIR, rel), mask))
         report_orphan_masks(orphans, {stem: _join(category, MASK_DIR, os.path.relpath(path, mask_dir).replace(os.sep, "/"))
                                       for stem, path in masks.items()}, {os.path.splitext(rel)[0] for rel in photos})
-    orphans.warn(len(orphans), stacklevel=4)
+    orphans.warn(len(orphans), stacklevel=4, once=True)
     if not candidates:
         raise DatasetError(f"no photos in the {PHOTO_DIR}/ folders of {root} (categories: {', '.join(categories)})")
     total = len(candidates)

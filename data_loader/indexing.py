@@ -81,9 +81,20 @@ class SkipReport:
             parts.append(f"{count} {reason}, e.g. " + "; ".join(examples))
         return f"{self.what}: skipped {len(self.skipped)} of {total} files: " + " | ".join(parts)
 
-    def warn(self, total, stacklevel=3):
-        if self.skipped:
-            warnings.warn(self.message(total), stacklevel=stacklevel)
+    def warn(self, total, stacklevel=3, once=False):
+        """One warning summarising the skips; ``once``: not again in this process for the same
+        message (the train and val datasets of one root index the same mattes)."""
+        if not self.skipped:
+            return
+        message = self.message(total)
+        if once:
+            if message in _WARNED:
+                return
+            _WARNED.add(message)
+        warnings.warn(message, stacklevel=stacklevel)
+
+
+_WARNED = set()
 
 
 def select_valid(candidates, check, report, cap=None):
