@@ -189,3 +189,40 @@ def test_ablation_settings_pass_through():
     assert small["epoch_num"] == 15 * small["update_ratio_epoch"] == 1.5 * small["e2h.ramp_epochs"]
     full = e2h_ablation.PRESETS["full"]["stage2"]
     assert (full["epoch_num"], full["update_ratio_epoch"], full["e2h.ramp_epochs"]) == (150, 10, 100)
+
+
+def published_ratios():
+    """{(measure column, arm): (per-seed ratios to no e2h, their geometric mean)} from the published
+    documents/e2h_results.csv."""
+    with open(os.path.join(DOCUMENTS, "e2h_results.csv"), newline="") as f:
+        rows = {(r["schedule"], r["seed"]): r for r in csv.DictReader(f)}
+    seeds = sorted({seed for _, seed in rows})
+    out = {}
+    for column in ("mad", "mad_r0", "seed_measure_ramp", "r1_measure_ramp"):
+        for arm in ("step", "linear"):
+            ratios = [float(rows[arm, s][column]) / float(rows["none", s][column]) for s in seeds]
+            out[column, arm] = ratios, float(np.exp(np.mean(np.log(ratios))))
+    return out
+
+
+def test_pages_quote_the_published_ablation():
+    """README.md's verdict table and e2h_ablation.md's ratio table hold the numbers of
+    e2h_results.csv (paired per-seed ratios, geometric means, two decimals)."""
+    ratios = published_ratios()
+    fmt = "{:.2f}".format
+    readme = open(os.path.join(os.path.dirname(DOCUMENTS), "README.md"), encoding="utf-8").read()
+    for arm, label in (("step", "e2h `step` (the seed's)"), ("linear", "e2h `linear`")):
+        row = f"| {label} | " + " | ".join(fmt(ratios[c, arm][1]) for c in ("mad", "mad_r0", "seed_measure_ramp")) + " |"
+        assert row in readme, row
+    page = open(os.path.join(DOCUMENTS, "e2h_ablation.md"), encoding="utf-8").read()
+    for column, label in (("mad", "held-out MAD, real backgrounds (r = 1)"),
+                          ("mad_r0", "held-out MAD, easy backgrounds (r = 0)"),
+                          ("seed_measure_ramp", "the seed's measure over the ramp epochs"),
+                          ("r1_measure_ramp", "the same epochs scored at r = 1")):
+        cells = []
+        for arm in ("step", "linear"):
+            per_seed, mean = ratios[column, arm]
+            mean = fmt(mean) if column not in ("mad",) else f"**{fmt(mean)}**"
+            cells += [", ".join(fmt(r) for r in per_seed), mean]
+        row = f"| {label} | " + " | ".join(cells) + " |"
+        assert row in page, row
