@@ -125,6 +125,7 @@ def load_matter(config: ServeConfig) -> Matter:
                            batch_size=config.max_batch, refine=refine_options(config.refine))
     matter = Matter(model, options, copy_model=False)
     matter.path, matter.size_source = path, source
+    matter.runtime = "onnxruntime" if isinstance(model, OnnxModel) else "pytorch"
     return matter
 
 
@@ -170,7 +171,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         matter = load_matter(config)
         app.state.matter = matter
         app.state.batcher = Batcher(matter, config.max_batch, config.max_wait_ms, config.pool)
-        runtime = "onnxruntime" if isinstance(matter._run, OnnxModel) else config.precision
+        runtime = matter.runtime if matter.runtime == "onnxruntime" else config.precision
         log.info("serving %s (%s, %dx%d from %s) on %s, %s; refine %s; batches of up to %d",
                  matter.path, matter.arch, matter.options.size, matter.options.size, matter.size_source,
                  matter.device, runtime, config.refine, config.max_batch)
@@ -236,7 +237,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         limits = config.limits
         return {"arch": matter.arch, "size": matter.options.size, "resize": matter.options.resize,
                 "device": matter.device, "precision": config.precision,
-                "runtime": "onnxruntime" if isinstance(matter._run, OnnxModel) else "pytorch",
+                "runtime": matter.runtime,
                 "refine": config.refine, "refine_methods": list(REFINE_METHODS), "outputs": list(OUTPUT_KINDS),
                 "formats": list(FORMATS), "max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms,
                 "api_key_required": bool(config.api_key),

@@ -7,7 +7,7 @@ message, optional headers) that the app turns into a JSON error in one place.
   image reader (``data_loader.image_io.read_rgb``: 16-bit, RGBA, palette, CMYK, EXIF,
   truncation checks), with the pixel count read from the header first (a decompression bomb is
   a 413 that costs a header read, never an allocation). The bytes stay in memory: no file name
-  a client sends is ever used, and nothing is written to disk.
+  a client sends is ever used, and the decoder reads an in-memory file (``memfd``).
 - ``UploadGate``: an ASGI middleware in front of the upload routes: a request over the upload
   size is refused before its body is read (413), one over the number of requests the server
   holds is refused at once (503 with Retry-After), so memory stays bounded under any load.
