@@ -221,3 +221,41 @@ def test_images_exist_once_and_are_made_by_documents_scripts():
 
 def test_readme_is_short():
     assert len(read(PAGES[0]).splitlines()) <= 250
+
+
+def anchor(heading):
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+# Pages that other parts of the project add; a link to one is checked once it exists.
+PENDING_PAGES = {"refinement.md", "video.md", "deployment.md"}
+
+
+def test_links_between_pages_resolve():
+    """Every relative link of the pages names a file of the repository, and a #part names one
+    of that page's headings."""
+    problems = []
+    for page in PAGES:
+        text = re.sub(r"^```.*?^```", "", read(page), flags=re.S | re.M)
+        for target in re.findall(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)", text):
+            if re.match(r"^[a-z]+:", target):
+                continue  # a web address
+            name, _, part = target.partition("#")
+            path = os.path.normpath(os.path.join(os.path.dirname(page), name)) if name else page
+            where = os.path.relpath(page, ROOT)
+            if not os.path.exists(path):
+                if os.path.basename(path) not in PENDING_PAGES:
+                    problems.append(f"{where}: link to {target}: no such file")
+                continue
+            if part and path.endswith(".md"):
+                headings = {anchor(h) for h in re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", read(path),
+                                                                                  flags=re.S | re.M), re.M)}
+                if part not in headings:
+                    problems.append(f"{where}: link to {target}: no heading #{part} in {os.path.relpath(path, ROOT)}")
+    assert not problems, "\n".join(problems)
+
+
+def test_anchor_follows_github():
+    assert anchor("Your own data: make_dataset.py") == "your-own-data-make_datasetpy"
+    assert anchor("Foreground cache (stage 2)") == "foreground-cache-stage-2"
