@@ -259,3 +259,35 @@ def test_links_between_pages_resolve():
 def test_anchor_follows_github():
     assert anchor("Your own data: make_dataset.py") == "your-own-data-make_datasetpy"
     assert anchor("Foreground cache (stage 2)") == "foreground-cache-stage-2"
+
+
+def layout_entries():
+    """README's layout block -> {first word of each entry (a folder or a script): the text of the entry}."""
+    text = read(PAGES[0])
+    block = re.search(r"^## Layout\n```\w*\n(.*?)^```", text, re.S | re.M)
+    assert block, "README.md has no layout block under '## Layout'"
+    entries, key = {}, None
+    for line in block.group(1).splitlines():
+        if line and not line[0].isspace():
+            key = line.split()[0]
+            entries[key] = line
+        elif key:
+            entries[key] += "\n" + line
+    return entries
+
+
+def test_layout_names_every_module_where_it_lives():
+    """Each package folder the layout describes by its files names exactly the modules it holds,
+    and every top-level script is in the layout."""
+    entries = layout_entries()
+    scripts = {f for f in os.listdir(ROOT) if f.endswith(".py")}
+    named = set()
+    for key, text in entries.items():
+        names = set(re.findall(r"\b(\w+\.py)\b", text))
+        named |= names
+        names -= scripts  # "apply.py's file pipeline": the script a module serves
+        if key.endswith("/") and names:
+            have = {f for f in os.listdir(os.path.join(ROOT, key)) if f.endswith(".py") and f != "__init__.py"}
+            assert names == have, f"README layout {key}: names {sorted(names - have)} that are not there, " \
+                                  f"leaves out {sorted(have - names)}"
+    assert scripts <= named, f"README layout leaves out {sorted(scripts - named)}"
