@@ -56,7 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--refine", choices=REFINE_METHODS, default=DEFAULT_REFINE,
                    help=f"default refinement of /api/matte and /api/remove (default: {DEFAULT_REFINE})")
     p.add_argument("--threads", type=int, default=None, help="the network's CPU threads (default: the core count)")
-    p.add_argument("--max-batch", type=int, default=4, help="photos per network call at most (default: 4)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="photos per network call at most (default: as apply.py's --batch-size, 1 on a CPU, 8 on CUDA)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a photo waits for others to share its network call (default: 5)")
     p.add_argument("--pool", type=int, default=min(4, os.cpu_count() or 1),
@@ -98,7 +99,7 @@ def main(argv=None):
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
         # the core's own checks of size, batch and refinement, before any process starts
         MatteOptions(size=args.size or 320, resize=args.resize, precision=args.precision,
-                     batch_size=args.max_batch, refine=refine_options(args.refine))
+                     batch_size=args.max_batch or 1, refine=refine_options(args.refine))
         config = replace(config, model=resolve_model(config))  # the same file in every worker process
     except ValueError as err:
         print(f"serve.py: error: {err}", file=sys.stderr)

@@ -91,6 +91,7 @@ def test_health_info_docs_and_the_page(client):
     assert (info["arch"], info["size"], info["device"], info["precision"], info["refine"]) == \
         ("u2netp", SIZE, "cpu", "fp32", "none")
     assert info["limits"]["max_pixels"] == LIMITS.max_pixels and info["runtime"] == "pytorch"
+    assert info["max_batch"] == 1  # apply.py's batch size on a CPU
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/remove", "/api/matte", "/healthz", "/api/info"} <= set(paths)
     assert {"file", "model", "a", "af", "ab", "ae", "om", "ppm"} <= set(

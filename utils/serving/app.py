@@ -54,7 +54,8 @@ class ServeConfig:
     processes as JSON). model: a .pth or .onnx file, None for apply.py's choice (the newest
     trained best.pth); size None: the weights' training size (``utils.runs.network_size``);
     refine: the default refinement; threads: the network's CPU threads (None: all cores);
-    max_batch/max_wait_ms: batching; pool: threads for decoding, refinement and encoding;
+    max_batch/max_wait_ms: batching (max_batch None: apply.py's batch size, 1 on a CPU, 8 on
+    CUDA); pool: threads for decoding, refinement and encoding;
     api_key: required in the X-API-Key header of the upload routes when set; cors: allowed
     origins (none: no CORS headers)."""
     model: str | None = None
@@ -64,7 +65,7 @@ class ServeConfig:
     precision: str = "fp32"
     refine: str = "guided"
     threads: int | None = None
-    max_batch: int = 4
+    max_batch: int | None = None
     max_wait_ms: float = 5.0
     pool: int = 2
     limits: Limits = field(default_factory=Limits)
@@ -76,7 +77,7 @@ class ServeConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("max_batch", "pool"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise ValueError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
@@ -106,7 +107,8 @@ def resolve_model(config: ServeConfig) -> str:
 
 def load_matter(config: ServeConfig) -> Matter:
     """The ``Matter`` of a server process, as apply.py builds its own (``load_any_model``, the
-    size by ``network_size``), with ``batch_size = max_batch``. Raises ValueError naming the file."""
+    size by ``network_size``, the batch size as apply.py's unless ``max_batch``); the Batcher's
+    max batch is its ``options.batch_size``. Raises ValueError naming the file."""
     path = resolve_model(config)
     if is_onnx_path(path):
         model = load_any_model(path, device=config.device, threads=config.threads)
@@ -122,7 +124,8 @@ def load_matter(config: ServeConfig) -> Matter:
         model = load_any_model(path, device=device)
     size, source = network_size(path, config.size, getattr(model, "input_size", None))
     options = MatteOptions(size=size, resize=config.resize, device=str(device), precision=config.precision,
-                           batch_size=config.max_batch, refine=refine_options(config.refine))
+                           batch_size=config.max_batch or (8 if str(device).startswith("cuda") else 1),
+                           refine=refine_options(config.refine))
     matter = Matter(model, options, copy_model=False)
     matter.path, matter.size_source = path, source
     matter.runtime = "onnxruntime" if isinstance(model, OnnxModel) else "pytorch"
@@ -170,11 +173,11 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def lifespan(app: FastAPI):
         matter = load_matter(config)
         app.state.matter = matter
-        app.state.batcher = Batcher(matter, config.max_batch, config.max_wait_ms, config.pool)
+        app.state.batcher = Batcher(matter, matter.options.batch_size, config.max_wait_ms, config.pool)
         runtime = matter.runtime if matter.runtime == "onnxruntime" else config.precision
         log.info("serving %s (%s, %dx%d from %s) on %s, %s; refine %s; batches of up to %d",
                  matter.path, matter.arch, matter.options.size, matter.options.size, matter.size_source,
-                 matter.device, runtime, config.refine, config.max_batch)
+                 matter.device, runtime, config.refine, matter.options.batch_size)
         try:
             yield
         finally:
@@ -239,7 +242,7 @@ def create_app(config: ServeConfig) -> FastAPI:
                 "device": matter.device, "precision": config.precision,
                 "runtime": matter.runtime,
                 "refine": config.refine, "refine_methods": list(REFINE_METHODS), "outputs": list(OUTPUT_KINDS),
-                "formats": list(FORMATS), "max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms,
+                "formats": list(FORMATS), "max_batch": matter.options.batch_size, "max_wait_ms": config.max_wait_ms,
                 "api_key_required": bool(config.api_key),
                 "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
                            "max_queue": limits.max_queue, "timeout_s": limits.timeout_s}}
