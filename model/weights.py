@@ -6,6 +6,7 @@ training checkpoint of ours (``{"model": state_dict, ...}``), and keys prefixed 
 """
 import os
 import pickle
+import re
 import struct
 import zipfile
 
@@ -73,8 +74,15 @@ def load_state_dict_any(path):
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
             KeyError, IndexError, struct.error) as err:
-        # torch's own message runs to many lines and suggests weights_only=False; keep its gist.
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        # torch's own message runs to many lines and advises loading with weights_only=False,
+        # the wrong advice for a file that may be malicious: keep only what it found.
+        text = str(err).strip()
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if text.startswith("Weights only load failed"):
+            reason = ("it holds Python objects other than tensors" + (f" ({found.group(1)})" if found else "")
+                      + "; refused, as loading them could run code")
+        else:
+            reason = text.splitlines()[0][:200] if text else type(err).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch weight file (truncated, damaged or "
                               f"another format): {reason}") from err
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):

@@ -172,9 +172,55 @@ def test_tolerance_is_checked_for_torchscript_too(weights, tmp_path, capsys):
     assert "parity check failed" in capsys.readouterr().err and not os.listdir(tmp_path)
 
 
+def one_line_error(argv, capsys):
+    """export.main's argparse error for ``argv``: exit 2 and the message line."""
+    with pytest.raises(SystemExit) as stop:
+        export.main(argv)
+    assert stop.value.code == 2
+    return [line for line in capsys.readouterr().err.splitlines() if "error:" in line][0]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--size", "32"], "--size must be in 64..4096, got 32"),
+    (["--size", "0"], "--size: must be >= 1, got 0"),  # 0 was 'the default' before
+    (["--size", "5000"], "--size must be in 64..4096, got 5000"),
+    (["--opset", "5"], "--opset must be in 11..20"),  # was a long exporter traceback
+    (["--opset", "99"], "--opset must be in 11..20"),
+    (["--calibrate-count", "0"], "--calibrate-count: must be >= 1, got 0"),
+    (["--precision", "int8", "--opset", "12"], "--precision int8 needs --opset >= 13"),
+])
+def test_bad_export_numbers_are_one_line_errors(weights, tmp_path, capsys, extra, message):
+    line = one_line_error(["--model", weights, "--output", str(tmp_path / "m.onnx"), *extra], capsys)
+    assert message in line and not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("name, extra, message", [
+    ("x.txt", [], "--output x.txt: a onnx file must end in .onnx"),  # apply.py would read it as PyTorch weights
+    ("x.pth", [], "a onnx file must end in .onnx"),
+    ("x.onnx", ["--format", "torchscript"], "a torchscript file must end in .pt or .ts or .torchscript"),
+    ("x.pt", ["--format", "onnx"], "a onnx file must end in .onnx"),
+    ("x.pt", ["--precision", "int8"], "--precision int8 is for ONNX files"),
+])
+def test_output_suffix_must_match_the_format(weights, tmp_path, capsys, monkeypatch, name, extra, message):
+    monkeypatch.chdir(tmp_path)
+    assert message in one_line_error(["--model", weights, "--output", name, *extra], capsys)
+    assert not os.listdir(tmp_path)
+
+
+def test_weight_errors_do_not_advise_weights_only_false(tmp_path, capsys):
+    """A pickle that would run code is refused without torch's advice to load it unsafely."""
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this ran",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pth")
+    assert export.main(["--model", str(tmp_path / "evil.pth"), "--output", str(tmp_path / "m.onnx")]) == 1
+    captured = capsys.readouterr()
+    assert "evil.pth" in captured.err and "other than tensors (print)" in captured.err
+    assert "weights_only" not in captured.err and "this ran" not in captured.out
+
+
 def test_bad_export_arguments(weights, tmp_path, capsys):
-    assert export.main(["--model", weights, "--output", str(tmp_path / "m.onnx"), "--size", "32"]) == 1
-    assert "--size must be >= 64" in capsys.readouterr().err
     assert export.main(["--model", str(tmp_path / "none.pth"), "--output", str(tmp_path / "m.onnx")]) == 1
     assert "none.pth" in capsys.readouterr().err and not os.listdir(tmp_path)
 
@@ -280,3 +326,112 @@ def test_onnx_options_threads_arch_and_precision(onnx_file, tmp_path, capsys):
     common = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", onnx_file, "--quiet"]
     assert apply.main([*common, "--precision", "bf16"]) == 2
     assert "runs at the precision it was exported with (fp32)" in capsys.readouterr().err
+
+
+def test_int8_export_calibrates_checks_and_runs_in_apply(weights, onnx_file, tmp_path, capsys):
+    """--precision int8: a QDQ graph (int8 per-channel weights) calibrated on some photos of
+    --calibrate, checked on the others, with precision=int8 in its metadata; apply.py takes it
+    as any other .onnx, within a few 1/255 of the fp32 graph."""
+    import onnx
+
+    photos(str(tmp_path / "calib" / "sub"), count=6)  # searched recursively
+    path = str(tmp_path / "m_int8.onnx")
+    assert export.main(["--model", weights, "--output", path, "--size", str(SIZE), "--precision", "int8",
+                        "--calibrate", str(tmp_path / "calib"), "--calibrate-count", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "parity int8 on 2 held-out photos (calibrated on 4)" in out
+    ops = {node.op_type for node in onnx.load(path).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    net = OnnxModel(path, threads=1)
+    assert net.precision == "int8" and net.input_size == SIZE and net.metadata["calibration"] == "4 photos of calib"
+    assert float(net.metadata["int8_alpha_mean_diff"]) <= 1 / 255
+    assert sorted(os.listdir(tmp_path)) == ["calib", "m_int8.onnx"]  # no temporary left
+    assert os.path.getsize(path) < 0.5 * os.path.getsize(onnx_file)  # int8 weights
+    images = photos(str(tmp_path / "in"), count=2, shape=(80, 100))
+    common = ["--input", str(tmp_path / "in"), "--outputs", "alpha", "--size", str(SIZE), "--quiet", "--threads", "1"]
+    assert apply.main([*common, "--model", path, "--output", str(tmp_path / "int8")]) == 0
+    assert apply.main([*common, "--model", onnx_file, "--output", str(tmp_path / "fp32")]) == 0
+    for image in images:
+        name = os.path.basename(image).replace(".jpg", ".png")
+        a = np.array(Image.open(tmp_path / "int8" / "alpha" / name), np.int16)
+        b = np.array(Image.open(tmp_path / "fp32" / "alpha" / name), np.int16)
+        assert a.shape == b.shape and np.abs(a - b).mean() <= 2 and b.std() > 0.5
+
+
+def test_int8_parity_failure_leaves_no_file(weights, tmp_path, capsys):
+    photos(str(tmp_path / "calib"), count=3)
+    output = tmp_path / "out" / "m.onnx"
+    assert export.main(["--model", weights, "--output", str(output), "--size", str(SIZE), "--precision", "int8",
+                        "--calibrate", str(tmp_path / "calib"), "--mean-tolerance", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "parity check failed: int8 alphas differ from fp32" in err and "no file written" in err
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_int8_needs_photos_to_calibrate_on(weights, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    argv = ["--model", weights, "--output", str(tmp_path / "m.onnx"), "--size", str(SIZE), "--precision", "int8"]
+    assert export.main([*argv, "--calibrate", str(tmp_path / "empty")]) == 1
+    assert "0 photo(s) found" in capsys.readouterr().err
+    assert "not a folder of photos" in one_line_error([*argv, "--calibrate", str(tmp_path / "none")], capsys)
+    calibration, held = export.calibration_split(export.EXAMPLE_PHOTOS, 32)  # the bundled 48 portraits
+    assert (len(calibration), len(held)) == (32, 16) and not set(calibration) & set(held)
+
+
+def foreign_graph(path, input_type=None, input_shape=(1, 3, 8, 8), output_channels=1, metadata=None, inputs=1):
+    """A tiny ONNX graph (1x1 Conv from 3 to ``output_channels``) with the given signature."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    input_type = TensorProto.FLOAT if input_type is None else input_type
+    weight = numpy_helper.from_array(np.ones((output_channels, 3, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("Conv", ["xf", "w"], ["y"])]
+    graph_inputs = [helper.make_tensor_value_info("x", input_type, list(input_shape))]
+    graph_inputs += [helper.make_tensor_value_info(f"extra{i}", TensorProto.FLOAT, [1]) for i in range(inputs - 1)]
+    graph = helper.make_graph(nodes, "g", graph_inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, output_channels, 8, 8])],
+                              initializer=[weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"output_channels": 3}, r"first output 'y' has shape \[1, 3, 8, 8\]; a U\^2-Net's fused alpha is \(N,1,H,W\)"),
+    ({"input_type": 7}, r"input 'x' is tensor\(int64\); a U\^2-Net takes float32"),  # 7: INT64
+    ({"metadata": {"input_size": "20000"}}, r"metadata input_size='20000' is not a size in 1..4096"),
+    ({"metadata": {"input_size": "-3"}}, r"metadata input_size='-3'"),
+    ({"inputs": 2}, r"takes 2 inputs \(x, extra0\)"),
+    ({"input_shape": (1, 3, 9000, 9000)}, r"fixed input size 9000x9000 is outside 1..4096"),
+])
+def test_foreign_onnx_signatures_are_refused_by_name(tmp_path, kwargs, message):
+    path = foreign_graph(tmp_path / "foreign.onnx", **kwargs)
+    with pytest.raises(OnnxModelError, match="foreign.onnx: " + message):
+        load_any_model(path)
+
+
+def test_a_foreign_onnx_that_fits_runs(tmp_path):
+    net = load_any_model(foreign_graph(tmp_path / "ok.onnx", metadata={"input_size": "8"}), threads=1)
+    assert net.input_size == 8 and net(np.ones((1, 3, 8, 8), np.float32)).shape == (1, 8, 8)
+
+
+@pytest.mark.parametrize("session, io_binding", [
+    ({"graph_optimization_level": "all"}, False), ({"graph_optimization_level": "disable"}, False),
+    ({"enable_mem_pattern": True, "enable_cpu_mem_arena": False}, False),
+    ({"execution_mode": "parallel", "inter_op_threads": 2}, False), (None, True),
+])
+def test_session_settings_change_speed_not_alphas(onnx_file, session, io_binding):
+    x = np.random.default_rng(3).normal(size=(2, 3, SIZE, SIZE + 8)).astype(np.float32)
+    expected = OnnxModel(onnx_file, threads=1)(x)
+    net = OnnxModel(onnx_file, threads=1, session=session, io_binding=io_binding)
+    assert np.abs(net(x) - expected).max() <= 1e-5
+    options = net.session.get_session_options()
+    assert options.enable_mem_pattern == bool((session or {}).get("enable_mem_pattern", False))
+
+
+def test_unknown_session_setting_is_named(onnx_file):
+    with pytest.raises(ValueError, match=r"unknown onnxruntime session setting\(s\) \['mem_pattern'\]"):
+        OnnxModel(onnx_file, session={"mem_pattern": True})

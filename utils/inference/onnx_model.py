@@ -17,6 +17,11 @@ import os
 import numpy as np
 
 ONNX_SUFFIX = ".onnx"
+# The largest network input side anywhere (export.py --size, an .onnx's input_size, apply.py
+# --size): U2NET at 4096x4096 needs ~40 GB of activations, so a larger value is a typo or an
+# attack (a foreign file's metadata), never a use.
+MAX_SIZE = 4096
+INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 # Keys export.py writes into the file's metadata_props (all values are strings).
 METADATA_KEYS = ("arch", "input_size", "dynamic", "precision", "mean", "std", "outputs", "source", "producer")
 
@@ -47,6 +52,38 @@ def _providers(ort, device, path):
     raise OnnxModelError(f"{path}: device {name!r} is not a device name (auto, cpu, cuda, cuda:N)")
 
 
+# onnxruntime session settings, each measured on U2NET at 320 (documents/deployment.md).
+SESSION_DEFAULTS = {"graph_optimization_level": "extended", "enable_mem_pattern": False,
+                    "enable_cpu_mem_arena": True, "execution_mode": "sequential", "inter_op_threads": 1}
+_LEVELS = ("disable", "basic", "extended", "layout", "all")
+
+
+def session_options(ort, threads=None, **changes):
+    """An ``ort.SessionOptions`` of ``SESSION_DEFAULTS`` with ``changes`` (same keys):
+    graph_optimization_level in disable | basic | extended | layout | all, enable_mem_pattern,
+    enable_cpu_mem_arena (bools), execution_mode sequential | parallel, inter_op_threads (int);
+    ``threads``: intra-op threads (None: onnxruntime's default, one per core)."""
+    unknown = set(changes) - set(SESSION_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown onnxruntime session setting(s) {sorted(unknown)}; known: {sorted(SESSION_DEFAULTS)}")
+    settings = {**SESSION_DEFAULTS, **changes}
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: no warnings about unused initialisers
+    levels = ort.GraphOptimizationLevel
+    options.graph_optimization_level = {
+        "disable": levels.ORT_DISABLE_ALL, "basic": levels.ORT_ENABLE_BASIC, "extended": levels.ORT_ENABLE_EXTENDED,
+        "layout": getattr(levels, "ORT_ENABLE_LAYOUT", levels.ORT_ENABLE_ALL), "all": levels.ORT_ENABLE_ALL,
+    }[settings["graph_optimization_level"]]
+    options.enable_mem_pattern = bool(settings["enable_mem_pattern"])
+    options.enable_cpu_mem_arena = bool(settings["enable_cpu_mem_arena"])
+    options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if settings["execution_mode"] == "parallel"
+                              else ort.ExecutionMode.ORT_SEQUENTIAL)
+    options.inter_op_num_threads = int(settings["inter_op_threads"])
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
+    return options
+
+
 class OnnxModel:
     """A U^2-Net ONNX graph in an onnxruntime session.
 
@@ -57,14 +94,18 @@ class OnnxModel:
     device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` (or a torch.device); CUDA needs
         onnxruntime-gpu.
     threads: intra-op threads on the CPU (None: onnxruntime's default, the core count).
+    session: onnxruntime SessionOptions to change from ``SESSION_DEFAULTS`` (see
+        ``session_options``); io_binding: run through an IOBinding (measured no faster on the
+        CPU: documents/deployment.md).
 
     Attributes: ``arch``, ``input_size`` (the export size, or None), ``fixed_size`` ((H, W) of
     a static graph, else None), ``precision``, ``device`` ("cpu" or "cuda:N", what runs).
     Raises OnnxModelError naming the file for a missing, corrupt or foreign file.
     """
 
-    def __init__(self, path, device="cpu", threads=None):
+    def __init__(self, path, device="cpu", threads=None, session: dict | None = None, io_binding: bool = False):
         self.path = os.fspath(path)
+        self.io_binding = io_binding
         try:  # here, not at import: only an .onnx model needs it
             import onnxruntime as ort
             from onnxruntime.capi import onnxruntime_pybind11_state as state
@@ -73,16 +114,7 @@ class OnnxModel:
                                  "(pip install onnxruntime, or onnxruntime-gpu for CUDA)") from err
         if not os.path.isfile(self.path):
             raise OnnxModelError(f"{self.path}: no such ONNX file")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: no warnings about unused initialisers
-        # Memory over the last ~10 % of speed (U2NET at 320, apply.py on 6 photos, 2 threads): the
-        # full level's NCHWc layout keeps a second, reordered copy of every weight (peak 1.0 GB,
-        # 6.1-6.7 CPU s); without it and without memory patterns: peak 0.66 GB, 7.0 CPU s.
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.enable_mem_pattern = False
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
+        options = session_options(ort, threads, **(session or {}))
         errors = (state.Fail, state.InvalidProtobuf, state.InvalidGraph, state.InvalidArgument,
                   state.NoSuchFile, state.NotImplemented, state.RuntimeException)
         try:
@@ -95,21 +127,44 @@ class OnnxModel:
         self.metadata = dict(meta)
         self.arch = meta.get("arch")
         self.precision = meta.get("precision", "fp32")
-        self.input_size = int(meta["input_size"]) if meta.get("input_size", "").isdigit() else None
+        self.input_size = self._input_size(self.path, meta)
         cuda = self.session.get_provider_options().get("CUDAExecutionProvider")  # None: it fell back to the CPU
         self.device = f"cuda:{cuda.get('device_id', 0)}" if cuda is not None else "cpu"
 
     def _check_signature(self):
-        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        """A U^2-Net graph: one float (N,3,H,W) input, a first output of one channel
+        (N,1,H,W); static sides and the metadata's input_size within MAX_SIZE."""
+        inputs, out = self.session.get_inputs(), self.session.get_outputs()[0]
+        if len(inputs) != 1:
+            raise OnnxModelError(f"{self.path}: takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
+                                 "a U^2-Net takes one, the (N,3,H,W) photo batch")
+        inp = inputs[0]
         if len(inp.shape) != 4 or (isinstance(inp.shape[1], int) and inp.shape[1] != 3):
             raise OnnxModelError(f"{self.path}: input {inp.name!r} has shape {inp.shape}; a U^2-Net takes (N,3,H,W)")
-        if len(out.shape) != 4:
+        if inp.type not in INPUT_TYPES:
+            raise OnnxModelError(f"{self.path}: input {inp.name!r} is {inp.type}; a U^2-Net takes float32 "
+                                 "(N,3,H,W) ImageNet-normalised RGB")
+        if len(out.shape) != 4 or (isinstance(out.shape[1], int) and out.shape[1] != 1):
             raise OnnxModelError(f"{self.path}: first output {out.name!r} has shape {out.shape}; "
                                  "a U^2-Net's fused alpha is (N,1,H,W)")
+        if out.type not in INPUT_TYPES:
+            raise OnnxModelError(f"{self.path}: first output {out.name!r} is {out.type}, not a float alpha")
         self.input_name, self.output_name = inp.name, out.name
-        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        self.input_dtype = INPUT_TYPES[inp.type]
         height, width = inp.shape[2:]
         self.fixed_size = (height, width) if isinstance(height, int) and isinstance(width, int) else None
+        if self.fixed_size and not all(0 < side <= MAX_SIZE for side in self.fixed_size):
+            raise OnnxModelError(f"{self.path}: fixed input size {height}x{width} is outside 1..{MAX_SIZE}")
+
+    @staticmethod
+    def _input_size(path, meta):
+        """The metadata's input_size as an int in 1..MAX_SIZE, None when absent."""
+        value = meta.get("input_size")
+        if value is None:
+            return None
+        if not value.strip().isdigit() or not 0 < int(value) <= MAX_SIZE:
+            raise OnnxModelError(f"{path}: metadata input_size={value!r} is not a size in 1..{MAX_SIZE}")
+        return int(value)
 
     def check_size(self, height, width):
         """Raise ValueError when a static graph cannot take a (height, width) input."""
@@ -128,14 +183,24 @@ class OnnxModel:
         """batch: float32 (B,3,h,w) ImageNet-normalised -> fused alpha, float32 (B,h,w) in [0,1]."""
         batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
         self.check_size(*batch.shape[2:])
-        alpha = self.session.run([self.output_name], {self.input_name: batch})[0]
+        if self.io_binding:
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(self.input_name, batch)
+            binding.bind_output(self.output_name)
+            self.session.run_with_iobinding(binding)
+            alpha = binding.copy_outputs_to_cpu()[0]
+        else:
+            alpha = self.session.run([self.output_name], {self.input_name: batch})[0]
+        if alpha.ndim != 4 or alpha.shape[1] != 1:  # a dynamic channel axis is known only now
+            raise OnnxModelError(f"{self.path}: first output has shape {alpha.shape}; a U^2-Net's fused alpha is "
+                                 "(N,1,H,W)")
         return np.asarray(alpha[:, 0], dtype=np.float32)
 
     def __repr__(self):
         return f"OnnxModel({self.path!r}, arch={self.arch}, device={self.device})"
 
 
-def load_any_model(path, device="cpu", arch=None, threads=None):
+def load_any_model(path, device="cpu", arch=None, threads=None, session=None):
     """An ``OnnxModel`` for an ``.onnx`` file, else the PyTorch network of the weights in ``path``
     (``model.load_model``: plain state_dicts, training checkpoints, ``module.`` prefixes).
 
@@ -144,7 +209,7 @@ def load_any_model(path, device="cpu", arch=None, threads=None):
     OnnxModelError / CheckpointError (both ValueErrors) naming the file.
     """
     if is_onnx_path(path):
-        net = OnnxModel(path, device=device, threads=threads)
+        net = OnnxModel(path, device=device, threads=threads, session=session)
         if arch and net.arch and arch != net.arch:
             raise OnnxModelError(f"{path}: holds a {net.arch} graph, but arch={arch!r} was asked for")
         return net
