@@ -10,7 +10,8 @@ What it does: makes ``--photos`` synthetic photo-like JPEGs (benchmarks/apply.py
 each server on a free loopback port (only 127.0.0.1 is ever contacted), and for each request
 kind (``mask``: rembg's ``om=true``, the network and resize only; ``cutout``: rembg's default
 request, each server's own cut-out) and each concurrency in ``--concurrency`` sends a fixed
-``--requests`` requests (after a warm-up of one per client) from that many client threads:
+``--requests`` requests (after a warm-up of one per client) from that many client threads, in
+two halves, ours-rembg-rembg-ours, so both see the same share of a busy machine's load:
 throughput, p50/p99 latency, failures (503s counted apart). Then ``--memory-requests`` mask
 requests at concurrency 8 to a fresh server: its RSS after the first 100, at the end, and its
 peak (VmHWM). rembg 2.0.86 runs from its own virtual environment, made on first use in
@@ -144,7 +145,7 @@ def request_args(server, kind, onnx_path):
 
 def load(server, photos, kind, onnx_path, concurrency, count, warmup=True):
     """``count`` POST /api/remove from ``concurrency`` client threads (photos in turn) after one
-    warm-up request per client. Returns a dict of seconds, throughput, p50/p99 (ms), failures, 503s."""
+    warm-up request per client: the seconds they took, each one's latency (s) and status."""
     import httpx
     params, data = request_args(server, kind, onnx_path)
     latencies, statuses, lock, taken = [], [], threading.Lock(), [0]
@@ -180,10 +181,17 @@ def load(server, photos, kind, onnx_path, concurrency, count, warmup=True):
         run(True)
     start = time.perf_counter()
     run(False)
-    seconds = time.perf_counter() - start
-    lat = np.array(latencies) * 1000
-    return {"seconds": seconds, "per_s": count / seconds, "p50": float(np.percentile(lat, 50)),
-            "p99": float(np.percentile(lat, 99)), "failed": sum(s not in (200, 503) for s in statuses),
+    return {"seconds": time.perf_counter() - start, "latencies": latencies, "statuses": statuses}
+
+
+def summary(parts):
+    """One figure from several ``load`` runs of a server: requests/s over their total time,
+    p50/p99 latency (ms) over all their requests, failures, 503s."""
+    seconds = sum(p["seconds"] for p in parts)
+    latencies = np.concatenate([p["latencies"] for p in parts]) * 1000
+    statuses = [s for p in parts for s in p["statuses"]]
+    return {"per_s": len(statuses) / seconds, "p50": float(np.percentile(latencies, 50)),
+            "p99": float(np.percentile(latencies, 99)), "failed": sum(s not in (200, 503) for s in statuses),
             "busy": statuses.count(503)}
 
 
@@ -193,10 +201,11 @@ def memory_run(start, photos, onnx_path, count, concurrency=8):
     server = start()
     try:
         first = min(100, count)
-        failed = load(server, photos, "mask", onnx_path, concurrency, first, warmup=False)["failed"]
+        parts = [load(server, photos, "mask", onnx_path, concurrency, first, warmup=False)]
         after_100 = server.rss_mb()
         if count > first:
-            failed += load(server, photos, "mask", onnx_path, concurrency, count - first, warmup=False)["failed"]
+            parts.append(load(server, photos, "mask", onnx_path, concurrency, count - first, warmup=False))
+        failed = summary(parts)["failed"]
         return {"after_100": after_100, "final": server.rss_mb(), "peak": server.peak_mb(), "failed": failed}
     finally:
         server.stop()
@@ -254,18 +263,27 @@ def main():
     print(f"{cpu_name()}, {os.cpu_count()} cores; {args.arch if not args.model else args.model}; "
           f"{len(photos)} photos {width}x{height}; load average at start {uptime()}", flush=True)
     rows, memory = {}, {}
-    for label, start in starters:
-        server = start()
-        try:
-            for kind in kinds:
-                for c in concurrencies:
-                    r = load(server, photos, kind, onnx_path, c, args.requests)
-                    rows[(label, kind, c)] = r
-                    print(f"{label:16s} {kind:6s} c={c:<3d} {r['per_s']:6.2f} req/s  p50 {r['p50']:7.0f} ms  "
+    servers = []
+    try:
+        for label, start in starters:  # all up at once, idle but for the one being measured
+            servers.append(start())
+        for kind in kinds:
+            for c in concurrencies:
+                # ours, rembg, rembg, ours: both see the same share of a busy machine's load
+                parts = {server.label: [] for server in servers}
+                for server in servers + servers[::-1]:
+                    warm = c == concurrencies[0] and not parts[server.label]  # a kind's first calls (numba compiles)
+                    parts[server.label].append(load(server, photos, kind, onnx_path, c, max(1, args.requests // 2),
+                                                    warmup=warm))
+                for server in servers:
+                    r = rows[(server.label, kind, c)] = summary(parts[server.label])
+                    print(f"{server.label:16s} {kind:6s} c={c:<3d} {r['per_s']:6.2f} req/s  p50 {r['p50']:7.0f} ms  "
                           f"p99 {r['p99']:7.0f} ms  failed {r['failed']}  503 {r['busy']}  "
                           f"RSS {server.rss_mb():6.0f} MB  load {uptime()}", flush=True)
-        finally:
+    finally:
+        for server in servers:
             server.stop()
+    for label, start in starters:
         if args.memory_requests:
             m = memory[label] = memory_run(start, photos, onnx_path, args.memory_requests)
             print(f"{label:16s} memory (fresh server, 8 clients): RSS after 100 {m['after_100']:.0f} MB, after "
