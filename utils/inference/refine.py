@@ -28,6 +28,7 @@ The first ``matting`` call in a process compiles its kernel with numba (a few se
 on disk afterwards); the times in the README are warm. ``benchmarks/refine.py`` measures the
 methods against each other and against rembg's alpha matting.
 """
+import threading
 import warnings
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -47,16 +48,38 @@ GUIDED_DEFAULTS = {
     "eps": 1e-4,         # regulariser of the filter, in (colour in [0,1])^2; larger = smoother
 }
 MATTING_DEFAULTS = {
-    "band": 0.5,         # coarse-alpha pixels: the band's margin (x the photo's scale, >= 2 px)
-    "low": 0.01,         # resized coarse alpha <= this, beyond the margin: sure background
-    "high": 0.99,        # resized coarse alpha >= this, inside the margin: sure foreground
-    "eps": 1e-6,         # closed-form regulariser, in (colour in [0,1])^2
+    "band": 1.0,         # coarse-alpha pixels: the band's margin (x the photo's scale, >= min_margin px)
+    "min_margin": 5,     # px: the least margin (rembg erodes its trimap by a 10x10 square)
+    "low": 0.04,         # resized coarse alpha < this, beyond the margin: sure background (rembg: 10/255)
+    "high": 0.94,        # resized coarse alpha > this, inside the margin: sure foreground (rembg: 240/255)
+    "eps": 1e-7,         # closed-form regulariser, in (colour in [0,1])^2 (pymatting's, rembg's)
     "max_band": 0.5,     # fraction of the photo's pixels; a wider band falls back to guided
-    "tol": 1e-4,         # relative residual at which the conjugate gradients stop
-    "max_iter": 300,     # conjugate-gradient iterations at most (each level)
+    "tol": 1e-4,         # relative residual ||b - A x|| / ||b|| at which the conjugate gradients stop
+    "max_iter": 400,     # conjugate-gradient iterations at most (each level of the pyramid)
+    "omega": 1.0,        # SSOR preconditioner's relaxation in (0, 2); 0: Jacobi's (the diagonal only)
+    "pyramid": 3,        # levels of the coarse-to-fine warm start (1 = none): each halves the photo
     "work_size": 2048,   # px: longer photos are solved at this long side first, then at full size
     "margin": 1.0,       # working px: the full-size band around the working alpha's fractional pixels
 }
+
+
+_STATS = threading.local()
+PYRAMID_MIN_UNKNOWN = 4000  # a smaller band converges fast enough on its own
+
+
+def last_matting_stats():
+    """What the last ``matting`` call of this thread did: a dict with ``band_share`` (unknown
+    pixels over the photo's, of the last level), ``iterations`` (conjugate-gradient iterations,
+    summed over the levels), ``residual`` (the final ||b - A x|| / ||b|| of the last level,
+    before clipping to [0,1]) and ``levels`` (a list of those per level); None before any."""
+    stats = getattr(_STATS, "value", None)
+    return None if stats is None else {**stats, "levels": [dict(level) for level in stats["levels"]]}
+
+
+def _record(levels):
+    _STATS.value = {"band_share": levels[-1]["band_share"] if levels else 0.0,
+                    "iterations": sum(level["iterations"] for level in levels),
+                    "residual": levels[-1]["residual"] if levels else 0.0, "levels": levels}
 
 
 # ---------------------------------------------------------------- input checks
@@ -99,14 +122,40 @@ def _method_options(method, options):
     if method == "none":
         return _options(method, {}, options)
     if method == "guided":
-        return _options(method, GUIDED_DEFAULTS, options)
+        resolved = _options(method, GUIDED_DEFAULTS, options)
+        _checked(_check_guided, resolved, "")
+        return resolved
     guided = {k[len("guided_"):]: v for k, v in options.items() if k.startswith("guided_")}
     rest = {k: v for k, v in options.items() if not k.startswith("guided_")}
-    return {**_options(method, MATTING_DEFAULTS, rest), "guided": _options("guided", GUIDED_DEFAULTS, guided)}
+    resolved = {**_options(method, MATTING_DEFAULTS, rest), "guided": _options("guided", GUIDED_DEFAULTS, guided)}
+    _checked(_check_guided, resolved["guided"], "guided_")
+    _checked(_check_matting, {k: v for k, v in resolved.items() if k != "guided"}, "")
+    return resolved
+
+
+def _checked(check, options, prefix):
+    """``check(**options)``; a value of the wrong type is a ValueError naming its option too."""
+    for key, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"refine option {prefix}{key} must be a number, got {value!r}")
+    try:
+        check(**options)
+    except ValueError as error:
+        raise ValueError(str(error).replace("bad option(s) ", f"bad option(s) {prefix}")) from None
+
+
+def _check_guided(work_size, radius, eps):
+    problems = [name for name, ok in (("work_size", work_size >= 8), ("radius", radius >= 1), ("eps", eps > 0))
+                if not ok]
+    if problems:
+        given = dict(work_size=work_size, radius=radius, eps=eps)
+        raise ValueError("guided: bad option(s) " + ", ".join(f"{k}={given[k]!r}" for k in problems)
+                         + " (need work_size >= 8, radius >= 1, eps > 0)")
 
 
 def check_options(method, options):
-    """Raise ValueError, naming it, for an unknown method or option (before any work)."""
+    """Raise ValueError, naming it, for an unknown method or option or an option's bad value
+    (before any work)."""
     _method_options(method, options)
 
 
@@ -194,8 +243,7 @@ def _guided_coefficients(guide, p, radius, eps):
 def guided_refine(image, coarse, *, work_size, radius, eps, rows=512):
     """The ``guided`` method (module docstring). image uint8 (H,W,3); coarse float32 (h,w) in
     [0,1]. ``rows``: full-resolution rows computed at a time (bounds the memory)."""
-    if work_size < 8 or radius < 1 or eps <= 0:
-        raise ValueError(f"guided: need work_size >= 8, radius >= 1, eps > 0; got {work_size}, {radius}, {eps}")
+    _check_guided(work_size, radius, eps)
     radius = int(radius)
     height, width = image.shape[:2]
     scale = min(1.0, work_size / max(height, width))
@@ -228,47 +276,63 @@ def _upsample_rows(coef, height, width, top, bottom):
 
 
 # ---------------------------------------------------------------- matting
-def trimap_from_coarse(coarse, height, width, *, band, low, high):
+def trimap_from_coarse(coarse, height, width, *, band, low, high, min_margin=2):
     """(fg, unknown) bool (height,width) masks from the coarse alpha.
 
-    Sure foreground: the resized alpha >= ``high``, eroded by the band; unknown: alpha >
-    ``low``, dilated by the band, minus the sure foreground; the rest is sure background. The
-    band's half-width is ``band`` coarse pixels in full-resolution pixels (the photo's scale
-    over the coarse alpha's), at least 2 px.
+    Sure foreground: the resized alpha > ``high``, eroded by the margin; unknown: alpha >=
+    ``low``, dilated by the margin, minus the sure foreground; the rest is sure background. The
+    margin is ``band`` coarse pixels in full-resolution pixels (the photo's scale over the
+    coarse alpha's), at least ``min_margin`` px.
     """
     scale = max(height / coarse.shape[0], width / coarse.shape[1])
-    return _trimap(alpha_to_size(coarse, height, width), max(2, int(round(band * scale))), low, high)
+    return _trimap(alpha_to_size(coarse, height, width), max(int(min_margin), int(round(band * scale))), low, high)
 
 
 def _trimap(alpha, k, low, high):
-    """(fg, unknown) bool masks: alpha >= ``high`` eroded by ``k`` px; alpha > ``low`` dilated
+    """(fg, unknown) bool masks: alpha > ``high`` eroded by ``k`` px; alpha >= ``low`` dilated
     by ``k`` px, minus fg."""
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
-    fg = cv2.erode((alpha >= high).view(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE).view(bool)
-    some = cv2.dilate((alpha > low).view(np.uint8), kernel).view(bool)
+    fg = cv2.erode((alpha > high).view(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE).view(bool)
+    some = cv2.dilate((alpha >= low).view(np.uint8), kernel).view(bool)
     return fg, some & ~fg
 
 
-def matting_refine(image, coarse, guided, *, band, low, high, eps, max_band, tol, max_iter, work_size, margin):
+def _check_matting(band, min_margin, low, high, eps, max_band, tol, max_iter, omega, pyramid, work_size, margin):
+    problems = [name for name, ok in (
+        ("band", band >= 0), ("min_margin", min_margin >= 1), ("low", 0 < low < high), ("high", low < high <= 1),
+        ("eps", eps > 0), ("max_band", 0 < max_band <= 1), ("tol", 0 < tol < 1), ("max_iter", max_iter >= 1),
+        ("omega", 0 <= omega < 2), ("pyramid", 1 <= pyramid <= 8), ("work_size", work_size >= 8), ("margin", margin >= 0)) if not ok]
+    if problems:
+        given = dict(band=band, min_margin=min_margin, low=low, high=high, eps=eps, max_band=max_band, tol=tol,
+                     max_iter=max_iter, omega=omega, pyramid=pyramid, work_size=work_size, margin=margin)
+        raise ValueError("matting: bad option(s) " + ", ".join(f"{k}={given[k]!r}" for k in problems)
+                         + " (need band >= 0, min_margin >= 1, 0 < low < high <= 1, eps > 0, 0 < max_band <= 1, "
+                           "0 < tol < 1, max_iter >= 1, 0 <= omega < 2, 1 <= pyramid <= 8, work_size >= 8, margin >= 0)")
+
+
+def matting_refine(image, coarse, guided, *, band, min_margin, low, high, eps, max_band, tol, max_iter, omega,
+                   pyramid, work_size, margin):
     """The ``matting`` method (module docstring). ``guided``: the guided filter's options, for
     the initial guess inside the band and the fall-back.
 
     Photos longer than ``work_size`` are solved twice: first at a working resolution (long side
     ``work_size``) on the trimap's band, then at full resolution on the pixels that came out
     fractional there, ``margin`` working pixels around them, the working alpha resized as the
-    start and its sure pixels as the fixed ones.
+    start and its sure pixels as the fixed ones. Each solve starts from the solution of the
+    same problem at half the resolution (``pyramid`` levels), so the conjugate gradients only
+    have the fine detail left to find.
     """
-    if not (0 <= low < high <= 1 and band >= 0 and eps > 0 and max_iter >= 1 and work_size >= 8 and margin >= 0):
-        raise ValueError(f"matting: need 0 <= low < high <= 1, band >= 0, eps > 0, max_iter >= 1, work_size >= 8, "
-                         f"margin >= 0; got low={low}, high={high}, band={band}, eps={eps}, max_iter={max_iter}, "
-                         f"work_size={work_size}, margin={margin}")
+    _check_matting(band, min_margin, low, high, eps, max_band, tol, max_iter, omega, pyramid, work_size, margin)
     height, width = image.shape[:2]
+    levels = []
+    _record(levels)
     if min(height, width) < 3:  # no 3x3 window fits: nothing to solve
         return guided_refine(image, coarse, **guided)
     scale = min(1.0, work_size / max(height, width))
     small = image if scale == 1.0 else _resize(image, max(1, round(height * scale)), max(1, round(width * scale)))
-    fg, unknown = trimap_from_coarse(coarse, *small.shape[:2], band=band, low=low, high=high)
-    share = unknown.mean()
+    fg, unknown = trimap_from_coarse(coarse, *small.shape[:2], band=band, low=low, high=high,
+                                     min_margin=max(1, int(round(min_margin * scale))))
+    share = float(unknown.mean())
     if share > max_band:
         warnings.warn(f"refine 'matting': the unknown band covers {share:.0%} of the photo (more than "
                       f"max_band={max_band:.0%}): the coarse alpha is too uncertain; using 'guided'",
@@ -277,20 +341,41 @@ def matting_refine(image, coarse, guided, *, band, low, high, eps, max_band, tol
     alpha = fg.astype(np.float32)
     if unknown.any():
         start = guided_refine(small, coarse, **guided)
-        alpha[unknown] = _solve_band(small, unknown, fg, start, eps, tol, max_iter)
-    if scale == 1.0:
-        return alpha
-    up = alpha_to_size(alpha, height, width)
-    fg, unknown = _trimap(up, max(1, int(np.ceil(margin / scale))), low, high)
-    alpha = fg.astype(np.float32)
-    if unknown.any():
-        alpha[unknown] = _solve_band(image, unknown, fg, up, eps, tol, max_iter)
+        alpha = _solve_pyramid(small, unknown, fg, start, (eps, tol, max_iter, omega), pyramid, levels)
+    if scale < 1.0:
+        up = alpha_to_size(alpha, height, width)
+        del alpha
+        # the full-size band: the working alpha's fractional pixels (any alpha not exactly 0 or 1), grown
+        fg, unknown = _trimap(up, max(1, int(np.ceil(margin / scale))), 1e-3, 1 - 1e-3)
+        alpha = fg.astype(np.float32)
+        if unknown.any():
+            alpha = _solve_pyramid(image, unknown, fg, up, (eps, tol, max_iter, omega), 1, levels)
+    _record(levels)
     return alpha
 
 
-def _solve_band(image, unknown, fg, start, eps, tol, max_iter, radius=1):
+def _solve_pyramid(image, unknown, fg, start, solver, depth, levels):
+    """float32 (H,W) alpha: fg 1, the rest of the known pixels 0, the ``unknown`` ones solved
+    from ``start`` (float (H,W)) with ``solver`` = (eps, tol, max_iter, omega), after a warm start from the same problem at half size when
+    ``depth`` > 1 and the band is large enough to gain from it."""
+    height, width = unknown.shape
+    if depth > 1 and min(height, width) >= 64 and np.count_nonzero(unknown) > PYRAMID_MIN_UNKNOWN:
+        h, w = (height + 1) // 2, (width + 1) // 2
+        # a half-size pixel is sure only if all of its pixels are sure of the same kind
+        fg_half = cv2.resize(fg.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 1 - 1e-6
+        bg_half = cv2.resize((~fg & ~unknown).astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 1 - 1e-6
+        half = _solve_pyramid(_resize(image, h, w), ~fg_half & ~bg_half, fg_half,
+                              _resize(start.astype(np.float32), h, w), solver, depth - 1, levels)
+        start = cv2.resize(half, (width, height), interpolation=cv2.INTER_LINEAR)
+    alpha = fg.astype(np.float32)
+    alpha[unknown] = _solve_band(image, unknown, fg, start, *solver, levels)
+    return alpha
+
+
+def _solve_band(image, unknown, fg, start, eps, tol, max_iter, omega, levels, radius=1):
     """Closed-form alpha of the ``unknown`` pixels, the others fixed (fg 1, else 0). Works on
-    the band's bounding box grown by the window reach; returns float32 (n_unknown,)."""
+    the band's bounding box grown by the window reach; returns float32 (n_unknown,) and appends
+    this solve's size, iterations and final relative residual to ``levels``."""
     ys, xs = np.nonzero(unknown)
     reach = 2 * radius
     top, left = max(0, ys.min() - reach), max(0, xs.min() - reach)
@@ -309,38 +394,35 @@ def _solve_band(image, unknown, fg, start, eps, tol, max_iter, radius=1):
     rhs = np.zeros(n, np.float64)
     _band_laplacian(image[box], fg[box].astype(np.float64), index, cy.astype(np.int32), cx.astype(np.int32),
                     radius, eps, values, rhs)
-    neighbours = _neighbour_rows(index, (ys - top).astype(np.int32), (xs - left).astype(np.int32), reach)
+    del centres, cy, cx
+    # vectors live on the box padded by the reach, known pixels 0: a neighbour is an offset, no index table
+    pw = (right - left) + 2 * reach
+    pos = (ys - top + reach).astype(np.int64) * pw + (xs - left + reach)
+    d = np.arange(-reach, reach + 1)
+    offsets = (d[:, None] * pw + d[None, :]).ravel().astype(np.int64)
+    grid = np.zeros(((bottom - top) + 2 * reach) * pw)
     x = start[ys, xs].astype(np.float64)
-    _conjugate_gradients(values.reshape(n, -1), neighbours, rhs, x, tol, max_iter)
+    values = values.reshape(n, -1)
+    iterations = _conjugate_gradients(values, pos, offsets, grid, rhs, x, tol, max_iter, float(omega))
+    residual = np.empty(n)
+    _matvec(values, pos, offsets, grid, x, residual)
+    relative = float(np.linalg.norm(rhs - residual) / max(np.linalg.norm(rhs), 1e-30))
+    levels.append({"shape": unknown.shape, "band_share": n / unknown.size, "unknown": n,
+                   "iterations": int(iterations), "residual": relative})
     return np.clip(x, 0.0, 1.0).astype(np.float32)
 
 
 @njit(cache=True, nogil=True)
-def _neighbour_rows(index, uy, ux, reach):
-    """int32 (n, (4r+1)^2): the row of each unknown pixel's neighbour at each offset, -1 for a
-    known pixel or one outside the box."""
-    span = 2 * reach + 1
-    h, w = index.shape
-    out = np.full((uy.shape[0], span * span), -1, np.int32)
-    for i in range(uy.shape[0]):
-        for dy in range(span):
-            y = uy[i] + dy - reach
-            if 0 <= y < h:
-                for dx in range(span):
-                    x = ux[i] + dx - reach
-                    if 0 <= x < w:
-                        out[i, dy * span + dx] = index[y, x]
-    return out
-
-
-@njit(cache=True, nogil=True)
-def _matvec(values, neighbours, x, out):
+def _matvec(values, pos, offsets, grid, x, out):
+    """out = A x: row i's neighbour k is the unknown at grid position pos[i] + offsets[k]
+    (``grid``, the padded box, holds 0 at known pixels and x at unknown ones after the scatter)."""
+    for i in range(x.shape[0]):
+        grid[pos[i]] = x[i]
     for i in range(x.shape[0]):
         s = 0.0
-        for k in range(values.shape[1]):
-            j = neighbours[i, k]
-            if j >= 0:
-                s += values[i, k] * x[j]
+        p = pos[i]
+        for k in range(offsets.shape[0]):
+            s += values[i, k] * grid[p + offsets[k]]
         out[i] = s
 
 
@@ -353,17 +435,45 @@ def _dot(a, b):
 
 
 @njit(cache=True, nogil=True)
-def _conjugate_gradients(values, neighbours, rhs, x, tol, max_iter):
-    """Jacobi-preconditioned conjugate gradients on the band's system, ``x`` (the initial
-    guess) updated in place; stops at ||r|| <= tol ||rhs|| or after max_iter. Returns the
-    iterations run."""
+def _ssor(values, pos, offsets, grid, inv_diag, r, z, omega):
+    """z = M^-1 r for the symmetric successive over-relaxation preconditioner
+    M = w/(2-w) (D/w + L) D^-1 (D/w + U): a forward then a backward Gauss-Seidel sweep over the
+    rows (a neighbour at an earlier offset is an earlier row: rows are in raster order). The
+    sweeps read and write z on ``grid``."""
+    n = r.shape[0]
+    centre = offsets.shape[0] // 2
+    for i in range(n):  # (D/w + L) y = r
+        s = r[i]
+        p = pos[i]
+        for k in range(centre):
+            s -= values[i, k] * grid[p + offsets[k]]
+        grid[p] = s * omega * inv_diag[i]
+    scale = (2.0 - omega) / omega
+    for i in range(n - 1, -1, -1):  # (D/w + U) z = (2-w)/w D y
+        p = pos[i]
+        s = grid[p] * scale / inv_diag[i]
+        for k in range(centre + 1, offsets.shape[0]):
+            s -= values[i, k] * grid[p + offsets[k]]
+        z[i] = grid[p] = s * omega * inv_diag[i]
+
+
+@njit(cache=True, nogil=True)
+def _conjugate_gradients(values, pos, offsets, grid, rhs, x, tol, max_iter, omega=1.0):
+    """Preconditioned conjugate gradients on the band's system (``_matvec``'s layout), ``x``
+    (the initial guess) updated in place; stops at ||r|| <= tol ||rhs|| or after max_iter.
+    ``omega`` > 0: the SSOR preconditioner with that relaxation; 0: Jacobi's (the diagonal).
+    Returns the iterations run."""
     n = x.shape[0]
-    centre = values.shape[1] // 2
-    inv_diag = 1.0 / values[:, centre]
+    centre = offsets.shape[0] // 2
+    inv_diag = 1.0 / values[:, centre].astype(np.float64)
     r = np.empty(n)
-    _matvec(values, neighbours, x, r)
+    _matvec(values, pos, offsets, grid, x, r)
     r = rhs - r
-    z = r * inv_diag
+    z = np.empty(n)
+    if omega > 0:
+        _ssor(values, pos, offsets, grid, inv_diag, r, z, omega)
+    else:
+        z[:] = r * inv_diag
     p = z.copy()
     q = np.empty(n)
     rz = _dot(r, z)
@@ -371,11 +481,14 @@ def _conjugate_gradients(values, neighbours, rhs, x, tol, max_iter):
     for iteration in range(max_iter):
         if _dot(r, r) <= stop:
             return iteration
-        _matvec(values, neighbours, p, q)
+        _matvec(values, pos, offsets, grid, p, q)
         step = rz / _dot(p, q)
         x += step * p
         r -= step * q
-        z = r * inv_diag
+        if omega > 0:
+            _ssor(values, pos, offsets, grid, inv_diag, r, z, omega)
+        else:
+            z[:] = r * inv_diag
         rz_new = _dot(r, z)
         p = z + (rz_new / rz) * p
         rz = rz_new
