@@ -4,6 +4,8 @@
     python benchmarks/apply.py --input DIR --repeats 3 --configs fp32,bf16 --batch-sizes 1,4
     python benchmarks/apply.py --model best.pth --count 6 --repeats 1 --threads 2   # trained weights
     python benchmarks/apply.py --device cuda --configs fp32,fp16,bf16 --batch-sizes 1,8  # a GPU
+    python benchmarks/apply.py --configs int8 --no-rembg                 # + the int8 .onnx (export.py)
+    python benchmarks/apply.py --configs int8 --ort-study --count 6      # onnxruntime settings, one by one
 
 ``--device cuda`` runs apply.py and the original script (which moves its network and inputs
 to the GPU when there is one, as ``u2net_test.py`` does) on the GPU; bf16 only where the GPU
@@ -230,9 +232,10 @@ def _tree_pss_kb(pid):
     return total
 
 
-def measure_process(cmd, env=None, pss_interval=0.0):
+def measure_process(cmd, env=None, pss_interval=0.0, outputs=None):
     """Run ``cmd``; return (wall s, peak RSS of the child MB, peak tree PSS MB sampled every
-    ``pss_interval`` s (0: not sampled, NaN), CPU s of the child and its reaped descendants)."""
+    ``pss_interval`` s (0: not sampled, NaN), CPU s of the child and its reaped descendants);
+    its stdout and stderr are appended to ``outputs`` when given."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = [0]
@@ -246,6 +249,8 @@ def measure_process(cmd, env=None, pss_interval=0.0):
     if pss_interval > 0:
         sampler.start()
     output = proc.stdout.read()
+    if outputs is not None:
+        outputs.append(output)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     done.set()
@@ -328,6 +333,82 @@ def export_onnx(model_path, output, size):
     return [line for line in done.stdout.splitlines() if line.startswith("wrote")][0]
 
 
+def export_int8(model_path, output, size, calibrate=None):
+    """export.py --precision int8 in a child process (not timed); returns its parity lines."""
+    cmd = [sys.executable, os.path.join(REPO, "export.py"), "--model", model_path, "--output", output,
+           "--size", str(size), "--precision", "int8"] + (["--calibrate", calibrate] if calibrate else [])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"export.py --precision int8 failed:\n{done.stdout}{done.stderr}")
+    return "\n".join(line for line in done.stdout.splitlines() if line.startswith(("wrote", "parity int8")))
+
+
+# onnxruntime settings, one change at a time from OnnxModel's defaults (SESSION_DEFAULTS).
+ORT_VARIANTS = {
+    "defaults (level all, no mem pattern, arena)": {},
+    "graph level extended": {"session": {"graph_optimization_level": "extended"}},
+    "graph level disable": {"session": {"graph_optimization_level": "disable"}},
+    "graph level basic": {"session": {"graph_optimization_level": "basic"}},
+    "graph level layout": {"session": {"graph_optimization_level": "layout"}},
+    "mem pattern on": {"session": {"enable_mem_pattern": True}},
+    "cpu mem arena off": {"session": {"enable_cpu_mem_arena": False}},
+    "parallel, 2 inter-op": {"session": {"execution_mode": "parallel", "inter_op_threads": 2}},
+    "intra-op threads 1": {"threads": 1},
+    "intra-op threads 2": {"threads": 2},
+    "I/O binding": {"io_binding": True},
+}
+
+
+def run_ort(onnx_path, input_dir, variant, size, count):
+    """Child of ``ort_study``: ``count`` photos through ``OnnxModel`` with the ``variant``'s
+    settings (after one untimed call); prints the median seconds a photo and the CPU seconds."""
+    import json
+
+    from data_loader.image_io import read_rgb
+    from utils.inference.onnx_model import OnnxModel
+    from utils.inference.preprocess import preprocess
+    settings = ORT_VARIANTS[variant]
+    net = OnnxModel(onnx_path, threads=settings.get("threads"), session=settings.get("session"),
+                    io_binding=settings.get("io_binding", False))
+    inputs = [preprocess(read_rgb(p), size)[None] for p in sorted(glob.glob(os.path.join(input_dir, "*")))[:count]]
+    net(inputs[0])
+    times, cpu = [], time.process_time()
+    for x in inputs:
+        start = time.perf_counter()
+        net(x)
+        times.append(time.perf_counter() - start)
+    with open("/proc/self/status") as status:  # this process's own peak, whatever its parent held
+        hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    print(json.dumps({"median_s": statistics.median(times), "cpu_s": (time.process_time() - cpu) / len(inputs),
+                      "peak_mb": hwm}))
+
+
+def ort_study(onnx_path, input_dir, size, count, repeats):
+    """Each ORT_VARIANTS entry in its own process, ``repeats`` times interleaved: median s a
+    photo, CPU s a photo, peak RSS MB (medians over the repeats)."""
+    import json
+    rows = {name: [] for name in ORT_VARIANTS}
+    env = dict(os.environ, PYTHONPATH=REPO)
+    for _ in range(repeats):
+        for name in ORT_VARIANTS:
+            cmd = [sys.executable, os.path.abspath(__file__), "--size", str(size), "--count", str(count),
+                   "--run-ort", onnx_path, input_dir, name]
+            outputs = []
+            measure_process(cmd, env, outputs=outputs)
+            result = json.loads(outputs[0].strip().splitlines()[-1])
+            rss = result["peak_mb"]
+            rows[name].append((result["median_s"], result["cpu_s"], rss))
+            print(f"  {name}: {result['median_s']:.3f} s/photo, CPU {result['cpu_s']:.3f} s, peak RSS {rss:.0f} MB, "
+                  f"load {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"\nonnxruntime settings, {os.path.basename(onnx_path)}, {count} photos at {size}, medians of {repeats}, "
+          f"load {os.getloadavg()[0]:.2f}")
+    print(f"{'setting':<44}{'s/photo':>9}{'x default':>11}{'CPU s':>8}{'peak RSS MB':>13}")
+    base = statistics.median(r[0] for r in rows[next(iter(ORT_VARIANTS))])
+    for name, runs in rows.items():
+        wall, cpu, rss = (statistics.median(r[i] for r in runs) for i in range(3))
+        print(f"{name:<44}{wall:>9.3f}{base / wall:>11.2f}{cpu:>8.3f}{rss:>13.0f}")
+
+
 def bf16_accuracy(input_dir, model_path, size, count):
     """Mean |alpha_bf16 - alpha_fp32| (1/255 units, 8-bit alphas) on ``count`` photos, in
     process; where bf16 is not native it is emulated (slow), but the numbers are the same."""
@@ -335,7 +416,7 @@ def bf16_accuracy(input_dir, model_path, size, count):
     from data_loader.image_io import read_rgb
     from model import load_model
     from utils.inference.cutout import alpha_to_uint8
-    from utils.inference.predict import predict_alphas
+    from utils.inference.core import predict_alphas
     images = [read_rgb(p) for p in sorted(glob.glob(os.path.join(input_dir, "*")))[:count]]
     model = load_model(model_path)
     fp32 = predict_alphas(model, images, size=size, batch_size=1)
@@ -401,6 +482,11 @@ def main():
     parser.add_argument("--stages", action="store_true", help="also time each step of one photo, in process")
     parser.add_argument("--bf16-check", type=int, default=2, metavar="N",
                         help="where bf16 is not native, compare bf16 with fp32 alphas on N photos in process")
+    parser.add_argument("--ort-study", action="store_true",
+                        help="only the onnxruntime settings table (ORT_VARIANTS) on the exported .onnx (and int8)")
+    parser.add_argument("--calibrate", metavar="DIR", help="int8 configs: export.py --calibrate (default: its own)")
+    parser.add_argument("--save-weights", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--run-ort", nargs=3, metavar=("ONNX", "INPUT", "VARIANT"), help=argparse.SUPPRESS)
     parser.add_argument("--run-original", nargs=3, metavar=("INPUT", "MODEL", "OUTPUT"), help=argparse.SUPPRESS)
     parser.add_argument("--run-rembg", nargs=3, metavar=("INPUT", "MODEL", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -408,6 +494,11 @@ def main():
         return run_original(*args.run_original, size=args.size, device=args.device)
     if args.run_rembg:
         return run_rembg(*args.run_rembg, threads=args.threads)
+    if args.run_ort:
+        return run_ort(*args.run_ort, size=args.size, count=args.count)
+    if args.save_weights:
+        kind, path = args.save_weights
+        return (save_hand_set_weights if kind == "hand_set" else save_random_weights)(path)
 
     tmp = tempfile.mkdtemp(prefix="bench_apply_")
     input_dir = args.input or os.path.join(tmp, "photos")
@@ -415,7 +506,10 @@ def main():
         make_photos(input_dir, args.count)
     model_path = args.model or os.path.join(tmp, "u2netp_hand_set.pth" if args.hand_set else "u2net_random.pth")
     if not args.model:
-        (save_hand_set_weights if args.hand_set else save_random_weights)(model_path)
+        # In a child: a child's peak RSS (wait4) starts from its parent's at the fork, so the
+        # parent must not hold torch and U2NET (that put ~950 MB under every row).
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--save-weights",
+                        "hand_set" if args.hand_set else "random", model_path], check=True)
     n_images = len([p for p in os.listdir(input_dir) if not p.startswith(".")])
 
     precisions = [p for p in args.configs.split(",") if p]
@@ -441,13 +535,23 @@ def main():
     onnx_path = None if args.no_onnx else os.path.join(tmp, "model.onnx")
     if onnx_path:
         print(export_onnx(model_path, onnx_path, args.size))
-    for precision in precisions + (["onnx"] if onnx_path else []):
+    int8_path = None
+    if "int8" in precisions:
+        precisions.remove("int8")
+        int8_path = os.path.join(tmp, "model_int8.onnx")
+        print(export_int8(model_path, int8_path, args.size, args.calibrate))
+    if args.ort_study:
+        for path in (onnx_path, int8_path):
+            if path:
+                ort_study(path, input_dir, args.size, min(args.count, n_images), args.repeats)
+        return 0
+    for precision in precisions + (["onnx"] if onnx_path else []) + (["int8"] if int8_path else []):
         for bs in [int(b) for b in args.batch_sizes.split(",")]:
             out = os.path.join(tmp, f"out_{precision}_bs{bs}")
-            model = onnx_path if precision == "onnx" else model_path
+            model = {"onnx": onnx_path, "int8": int8_path}.get(precision, model_path)
             cmd = [sys.executable, os.path.join(REPO, "apply.py"), "--input", input_dir, "--output", out,
                    "--model", model, "--outputs", "alpha", "--size", str(args.size), "--device", args.device,
-                   "--precision", "fp32" if precision == "onnx" else precision, "--batch-size", str(bs),
+                   "--precision", "fp32" if precision in ("onnx", "int8") else precision, "--batch-size", str(bs),
                    "--overwrite", "--quiet", "--refine", args.refine]
             if args.workers is not None:
                 cmd += ["--workers", str(args.workers)]
@@ -481,9 +585,12 @@ def main():
         cpu_ratio = f"{base[1] / cpu:.2f}" if base else "-"
         print(f"{label:<26}{wall:>8.2f}{ips:>10.3f}{ratio:>8}{cpu:>8.1f}{cpu_ratio:>8}{rss:>13.0f}{pss:>13.0f}")
     fp32 = [out for label, _, out in runs if "fp32" in label]
-    onnx = [out for label, _, out in runs if "onnx" in label]
+    onnx = [out for label, _, out in runs if "apply.py onnx" in label]
     for label, _, out in runs:
-        if label.startswith("rembg") and onnx:
+        if "int8" in label and onnx:
+            mean, peak = alpha_diff(out, onnx[0])
+            print(f"|alpha({label}) - alpha(apply.py onnx fp32)|: mean {mean:.3f} / 255, largest {peak:.0f} / 255")
+        elif label.startswith("rembg") and onnx:
             mean, peak = alpha_diff(out, onnx[0])
             print(f"|alpha(rembg) - alpha(apply.py onnx)|: mean {mean:.2f} / 255, largest {peak:.0f} / 255 "
                   "(rembg min-max normalises and resizes with LANCZOS)")
