@@ -49,7 +49,8 @@ from utils.inference.files import OUTPUT_KINDS, MatteReport, collect_inputs, mat
 from utils.inference.onnx_model import OnnxModel, is_onnx_path, load_any_model  # noqa: E402
 from utils.inference.temporal import DEFAULT_TEMPORAL, TEMPORAL_METHODS  # noqa: E402
 from utils.inference.video import (FRAME_MODES, VIDEO_FORMATS, VideoBackground, VideoOptions,  # noqa: E402
-                                   collect_videos, is_video_file, matte_videos, parse_video_background)
+                                   collect_videos, is_video_file, matte_videos, parse_video_background,
+                                   work_units)
 from utils.runs import TRAINED, choose_weights, network_size  # noqa: E402
 
 DEFAULT_REFINE = "guided"  # benchmarks/refine.py: sharper edges for ~0.1 s a photo; README has the figures
@@ -185,7 +186,7 @@ def gather_report(report, dist, files):
     from data_loader.foreground_cache import photo_work_timeout
     from utils.distributed import gather_objects, wait_for_all
 
-    wait_for_all(photo_work_timeout(len(files)), "the other processes' photos")
+    wait_for_all(photo_work_timeout(work_units(files)), "the other processes' photos and videos")
     return MatteReport.merge(gather_objects(report))
 
 

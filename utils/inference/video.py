@@ -867,3 +867,22 @@ def score_video_folders(predictions: str, truths: str, output: str) -> dict:
                "scaling": "mad, mse unscaled; grad, conn / 1000 (mean per frame); dtssd x 100; messddt x 1000"}
     write_json(os.path.join(output, "summary.json"), summary)
     return summary
+
+
+def work_units(files: list[InputFile]) -> int:
+    """How much work ``files`` are, in photos: 1 a photo, a video its frame count (from the
+    header; its duration x rate where the container gives no count; 10 000 if neither, or if
+    it cannot be read). For torchrun's waits (apply.py's ``gather_report``)."""
+    units = 0
+    for item in files:
+        if not is_video_file(item.path):
+            units += 1
+            continue
+        try:
+            info = probe_video(item.path)
+        except VideoError:
+            units += 1  # it fails at once
+            continue
+        estimate = info.frames or (info.duration * float(info.fps) if info.duration and info.fps else 10_000)
+        units += int(estimate)
+    return units
