@@ -237,7 +237,7 @@ def float_nodes(path, keep_float):
     if "sigmoid" in keep_float:
         names += [n.name for n in graph.node if n.op_type == "Sigmoid"]
     if "first_conv" in keep_float:
-        names += [n.name for n in graph.node if n.op_type == "Conv" and graph.input[0].name in n.input][:1]
+        names += [n.name for n in graph.node if n.op_type == "Conv"][:1]  # nodes are in topological order
     if "last_conv" in keep_float:
         node = producer.get(graph.output[0].name)
         while node is not None and node.op_type != "Conv":  # alpha <- (Cast) <- Sigmoid <- Conv

@@ -340,8 +340,14 @@ def test_int8_export_calibrates_checks_and_runs_in_apply(weights, onnx_file, tmp
                         "--calibrate", str(tmp_path / "calib"), "--calibrate-count", "4"]) == 0
     out = capsys.readouterr().out
     assert "parity int8 on 2 held-out photos (calibrated on 4)" in out
-    ops = {node.op_type for node in onnx.load(path).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    graph = onnx.load(path).graph
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= {node.op_type for node in graph.node}
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    float_weights = [node.name for node in convs if producer.get(node.input[1]) != "DequantizeLinear"]
+    assert float_weights == [convs[0].name, "/outconv/Conv"] and convs[0].name.startswith("/stage1/")
+    sigmoid = [node for node in graph.node if node.op_type == "Sigmoid"]
+    assert len(sigmoid) == 1 and producer[sigmoid[0].input[0]] == "Conv"  # the alpha: no Q/DQ around it
     net = OnnxModel(path, threads=1)
     assert net.precision == "int8" and net.input_size == SIZE and net.metadata["calibration"] == "4 photos of calib"
     assert float(net.metadata["int8_alpha_mean_diff"]) <= 1 / 255
