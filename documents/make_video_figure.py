@@ -23,6 +23,7 @@ from utils.inference.cutout import alpha_to_uint8  # noqa: E402
 from utils.inference.preprocess import alpha_to_size  # noqa: E402
 from utils.inference.temporal import DEFAULT_TEMPORAL, make_stabiliser  # noqa: E402
 from utils.metrics import dtssd  # noqa: E402
+from utils.plots import MAX_PNG_BYTES  # noqa: E402
 
 FIRST, SHOWN = 40, 5   # frames FIRST .. FIRST + SHOWN - 1
 
@@ -57,7 +58,7 @@ def main():
         for i, x in enumerate(seq[shown]):
             x = x[box]
             x = x if x.ndim == 3 else np.repeat(alpha_to_uint8(x)[..., None], 3, axis=2)
-            x = cv2.resize(x, None, fx=1.2, fy=1.2, interpolation=cv2.INTER_LINEAR)
+            x = cv2.resize(x, None, fx=0.9, fy=0.9, interpolation=cv2.INTER_AREA)
             cells.append(np.pad(label(x, f"{name}, frame {FIRST + i}" if i == 0 else f"frame {FIRST + i}"),
                                 ((0, 4), (0, 4), (0, 0)), constant_values=255))
         if name != "input" and name != "truth":
@@ -66,9 +67,12 @@ def main():
                         0.4, (255, 60, 60), 1, cv2.LINE_AA)
         rows.append(np.concatenate(cells, axis=1))
     strip = np.concatenate(rows, axis=0)
-    if not cv2.imwrite(args.out, strip[..., ::-1]):
+    if not cv2.imwrite(args.out, strip[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9]):
         raise SystemExit(f"could not write {args.out}")
-    print(f"wrote {args.out} ({strip.shape[1]}x{strip.shape[0]})")
+    size = os.path.getsize(args.out)
+    print(f"wrote {args.out} ({strip.shape[1]}x{strip.shape[0]}, {size} bytes)")
+    if size > MAX_PNG_BYTES:
+        raise SystemExit(f"{args.out}: {size} bytes, more than the {MAX_PNG_BYTES} a README figure may take")
 
 
 if __name__ == "__main__":
