@@ -18,9 +18,11 @@ import test_stage2
 from data_loader.image_io import read_rgb
 from model import load_model
 from utils.constants import REFINE_METHODS
-from utils.inference.predict import predict_alphas
+from utils.inference.core import predict_alphas
 from utils.inference.preprocess import alpha_to_size
-from utils.inference.refine import GUIDED_DEFAULTS, MATTING_DEFAULTS, refine_alpha, trimap_from_coarse
+import utils.inference.refine as refine
+from utils.inference.refine import (GUIDED_DEFAULTS, MATTING_DEFAULTS, RefineOptions, check_options,
+                                     last_matting_stats, refine_alpha, trimap_from_coarse)
 from utils.metrics import matting_metrics
 
 H, W, NET = 240, 320, 40  # photo and network sizes: 8x, like 2560 px photos at 320
@@ -82,7 +84,7 @@ def test_guided_and_matting_are_closer_to_the_truth_than_none(example):
 def test_matting_sure_regions_are_exactly_0_and_1(example):
     photo, _, coarse = example
     alpha = refine_alpha(photo, coarse, "matting")
-    options = {k: MATTING_DEFAULTS[k] for k in ("band", "low", "high")}
+    options = {k: MATTING_DEFAULTS[k] for k in ("band", "low", "high", "min_margin")}
     fg, unknown = trimap_from_coarse(coarse, H, W, **options)
     assert fg.any() and (~fg & ~unknown).any() and unknown.any()
     assert (alpha[fg] == 1.0).all() and (alpha[~fg & ~unknown] == 0.0).all()
@@ -143,6 +145,82 @@ def test_gray_16_bit_and_tiny_photos(tmp_path, example):
         assert refine_alpha(image, coarse, method).shape == (H, W)
         assert refine_alpha(image[..., 0], coarse, method).shape == (H, W)  # (H,W) gray
         assert refine_alpha(image[:20, :30], coarse, method).shape == (20, 30)  # smaller than the network
+
+
+def _band_system(photo, fg, unknown, eps):
+    """The band's system built independently, from pymatting's whole-image matting Laplacian:
+    L_uu x = -L_uk fg_k."""
+    from pymatting import cf_laplacian
+    L = cf_laplacian(photo.astype(np.float64) / 255, epsilon=eps, radius=1).tocsr()
+    u, k = unknown.ravel(), ~unknown.ravel()
+    return L[u][:, u], -(L[u][:, k] @ fg.ravel()[k].astype(np.float64))
+
+
+def test_the_band_solve_is_closed_form_matting_and_converges_to_the_residual_it_reports(example):
+    from scipy.sparse.linalg import spsolve
+    photo, _, coarse = example
+    fg, unknown = trimap_from_coarse(coarse, H, W, band=1.0, low=0.04, high=0.94, min_margin=5)
+    A, b = _band_system(photo, fg, unknown, 1e-7)
+    exact = spsolve(A.tocsc(), b)
+    for omega in (1.0, 0.0):  # SSOR and Jacobi preconditioners reach the same solution
+        alpha = refine_alpha(photo, coarse, "matting", tol=1e-8, max_iter=5000, omega=omega, pyramid=1)
+        stats = last_matting_stats()
+        assert stats["iterations"] < 5000 and stats["residual"] <= 1e-8 * 1.001
+        assert abs(stats["band_share"] - unknown.mean()) < 1e-9
+        np.testing.assert_allclose(alpha[unknown], np.clip(exact, 0, 1), atol=1e-3)  # float32 matrix entries
+        assert np.abs(alpha[unknown] - np.clip(exact, 0, 1)).mean() < 1e-5
+        assert (alpha[fg] == 1).all() and (alpha[~fg & ~unknown] == 0).all()
+    # the reported residual is the true one: recomputed from pymatting's matrix on an early stop
+    early = refine_alpha(photo, coarse, "matting", tol=1e-2, pyramid=1)
+    stats = last_matting_stats()
+    assert 1e-3 < stats["residual"] <= 1e-2 and stats["iterations"] >= 1
+    assert np.abs(early[unknown] - np.clip(exact, 0, 1)).mean() > 1e-4
+
+
+def test_ssor_and_the_warm_start_need_fewer_iterations_than_jacobi(example):
+    photo, _, coarse = example
+    counts = {}
+    for name, options in (("jacobi", dict(omega=0.0, pyramid=1)), ("ssor", dict(omega=1.0, pyramid=1)),
+                          ("ssor+pyramid", dict(omega=1.0, pyramid=3))):
+        refine_alpha(photo, coarse, "matting", tol=1e-6, max_iter=3000, **options)
+        stats = last_matting_stats()
+        assert stats["residual"] <= 1e-6 * 1.001
+        counts[name] = stats["levels"][-1]["iterations"]  # at full size
+    assert counts["ssor"] < 0.7 * counts["jacobi"], counts
+    assert counts["ssor+pyramid"] < counts["ssor"], counts
+    assert [level["shape"] for level in last_matting_stats()["levels"]] == [(60, 80), (120, 160), (240, 320)]
+
+
+def test_matting_beats_bilinear_on_a_shifted_coarse_alpha_too(example):
+    photo, truth, coarse = example
+    shifted = np.roll(coarse, 1, axis=1)  # one coarse pixel off, as a real network may be
+    none = matting_metrics(refine_alpha(photo, shifted, "none"), truth)
+    matting = matting_metrics(refine_alpha(photo, shifted, "matting"), truth)
+    assert matting["sad"] < 0.8 * none["sad"] and matting["grad"] < 0.6 * none["grad"]
+
+
+@pytest.mark.parametrize("options, names", [
+    ({"band": -1}, ["band"]), ({"low": 0.5, "high": 0.4}, ["low", "high"]), ({"eps": 0}, ["eps"]),
+    ({"tol": 1.5}, ["tol"]), ({"max_iter": 0}, ["max_iter"]), ({"omega": 2.0}, ["omega"]),
+    ({"pyramid": 0}, ["pyramid"]), ({"min_margin": 0}, ["min_margin"]), ({"max_band": 0}, ["max_band"]),
+    ({"guided_radius": 0}, ["guided_radius"]), ({"tol": "small"}, ["tol"]), ({"bnad": 1.0}, ["bnad"]),
+])
+def test_bad_matting_options_are_errors_that_name_them_when_refine_options_are_made(options, names):
+    for make in (lambda: RefineOptions("matting", options), lambda: check_options("matting", options)):
+        with pytest.raises(ValueError) as error:
+            make()
+        assert all(name in str(error.value) for name in names), str(error.value)
+    with pytest.raises(ValueError, match="radius"):
+        RefineOptions("guided", {"radius": 0})
+    assert RefineOptions("matting", {"omega": 0.0, "pyramid": 1}).resolved["omega"] == 0.0
+
+
+def test_refine_options_apply_is_refine_alpha(example):
+    photo, _, coarse = example
+    options = RefineOptions("matting", {"band": 1.5})
+    np.testing.assert_array_equal(options.apply(photo, coarse), refine_alpha(photo, coarse, "matting", band=1.5))
+    with pytest.raises(TypeError):
+        options.options["band"] = 2.0  # frozen all the way
 
 
 # ---------------------------------------------------------------- the scripts pass it through
