@@ -10,22 +10,29 @@ full-resolution alpha, three ways:
   "Fast Guided Filter" subsampling, He and Sun 2015) with the photo's colours as the guide:
   the linear coefficients are solved at a working resolution and applied at full resolution,
   so the edges follow the photo's colour edges. Cost grows with the photo only through that
-  last step (0.25-0.3 s of CPU for a 12 MP photo on this project's 2-core AMD EPYC).
-- ``matting``: a trimap from the coarse alpha (sure foreground, sure background and an unknown
-  band whose width follows the photo's scale), then closed-form matting (Levin, Lischinski,
-  Weiss 2008) solved on the band only: the matting Laplacian is built for the windows that
-  touch the band and the linear system has one unknown per band pixel, so time and memory grow
-  with the band, not with the photo. Photos longer than ``work_size`` are solved at that size
-  first, then at full resolution around the pixels that came out fractional (2.5 s of CPU and
-  0.55 GB peak for a 12 MP photo). Sure pixels are exactly 0 or 1. A band covering most of the
-  photo (a poor coarse alpha) falls back to ``guided`` with a warning.
+  last step.
+- ``matting``: a trimap from the coarse alpha as rembg's alpha matting makes it (sure foreground
+  where the resized alpha > 0.94, sure background where < 0.04, each shrunk by a margin of
+  ``band`` coarse pixels, at least ``min_margin`` = 5 px), then closed-form matting (Levin,
+  Lischinski, Weiss 2008, eps 1e-7 as pymatting's) solved on the unknown band only: the matting
+  Laplacian is built for the windows that touch the band and the linear system has one unknown
+  per band pixel, so time and memory grow with the band, not with the photo. With the sure
+  pixels fixed this is exactly the whole-photo closed-form solution restricted to the band
+  (tests/test_refine.py checks it against pymatting's Laplacian). The system is solved by
+  conjugate gradients with a symmetric Gauss-Seidel (SSOR) preconditioner, warm-started from the
+  same problem solved at half and quarter size (``pyramid``), to a relative residual of ``tol``.
+  Photos longer than ``work_size`` are solved at that size first, then at full resolution on the
+  pixels that came out fractional there. Sure pixels are exactly 0 or 1. A band covering most of
+  the photo (a poor coarse alpha) falls back to ``guided`` with a warning.
+  ``last_matting_stats()`` says what the last call did (band share, iterations, residual).
+  documents/refinement.md has the measurements.
 
     from utils.inference.refine import refine_alpha
     alpha = refine_alpha(read_rgb("photo.jpg"), coarse)                 # guided, the default
     alpha = refine_alpha(image, coarse, "matting", band=2.0)            # options: see below
 
 The first ``matting`` call in a process compiles its kernel with numba (a few seconds, cached
-on disk afterwards); the times in the README are warm. ``benchmarks/refine.py`` measures the
+on disk afterwards); the times in documents/refinement.md are warm. ``benchmarks/refine.py`` measures the
 methods against each other and against rembg's alpha matting.
 """
 import threading
@@ -41,7 +48,7 @@ from utils.constants import REFINE_METHODS
 
 from .preprocess import _resize, alpha_to_size  # ``none`` is exactly the resize every path used
 
-# Defaults, chosen with benchmarks/refine.py (see the README's table).
+# Defaults, chosen with benchmarks/refine.py on its tuning families (documents/refinement.md).
 GUIDED_DEFAULTS = {
     "work_size": 512,    # px: long side of the working resolution the coefficients are solved at
     "radius": 4,         # px at the working resolution: window radius of the guided filter
