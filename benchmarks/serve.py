@@ -10,7 +10,7 @@ What it does: makes ``--photos`` synthetic photo-like JPEGs (benchmarks/apply.py
 each server on a free loopback port (only 127.0.0.1 is ever contacted), and for each request
 kind (``mask``: rembg's ``om=true``, the network and resize only; ``cutout``: rembg's default
 request, each server's own cut-out) and each concurrency in ``--concurrency`` sends a fixed
-``--requests`` requests (after a warm-up of one per client) from that many client threads, in
+``--requests`` requests (at least two per client; after a warm-up of one per client) from that many client threads, in
 two halves, ours-rembg-rembg-ours, so both see the same share of a busy machine's load:
 throughput, p50/p99 latency, failures (503s counted apart). Then ``--memory-requests`` mask
 requests at concurrency 8 to a fresh server: its RSS after the first 100, at the end, and its
@@ -231,7 +231,8 @@ def main():
     p.add_argument("--photos", type=int, default=8, help="distinct photos sent in turn (default: 8)")
     p.add_argument("--photo-size", default="720x960", help="WxH of the synthetic photos (default: 720x960)")
     p.add_argument("--concurrency", default="1,4,16", help="client threads, comma-separated (default: 1,4,16)")
-    p.add_argument("--requests", type=int, default=16, help="timed requests per concurrency and kind (default: 16)")
+    p.add_argument("--requests", type=int, default=16,
+                   help="timed requests per concurrency and kind, at least 2 per client (default: 16)")
     p.add_argument("--kinds", default="mask,cutout", help="request kinds: mask (om=true), cutout (default: both)")
     p.add_argument("--memory-requests", type=int, default=200,
                    help="mask requests of the memory run, on a fresh server, concurrency 8 (default: 200; the "
@@ -273,8 +274,8 @@ def main():
                 parts = {server.label: [] for server in servers}
                 for server in servers + servers[::-1]:
                     warm = c == concurrencies[0] and not parts[server.label]  # a kind's first calls (numba compiles)
-                    parts[server.label].append(load(server, photos, kind, onnx_path, c, max(1, args.requests // 2),
-                                                    warmup=warm))
+                    half = max(args.requests // 2, c)  # every client busy: at least one request each
+                    parts[server.label].append(load(server, photos, kind, onnx_path, c, half, warmup=warm))
                 for server in servers:
                     r = rows[(server.label, kind, c)] = summary(parts[server.label])
                     print(f"{server.label:16s} {kind:6s} c={c:<3d} {r['per_s']:6.2f} req/s  p50 {r['p50']:7.0f} ms  "
