@@ -309,3 +309,23 @@ def test_stage2_video_scores_clips_against_pha_frames(tmp_path, capsys):
     with pytest.raises(Exception, match="5 frames, but"):
         test_stage2.main(["--video", "--predictions", str(tmp_path / "pred"), "--alphas", str(tmp_path / "gt"),
                           "--output", str(out)])
+
+
+def test_a_killed_runs_temporaries_are_cleaned_and_the_clip_redone(tmp_path, weights):
+    clip = make_clip(tmp_path / "k.mp4", n=3)
+    out = tmp_path / "out"
+    os.makedirs(out / "alpha")
+    stale = out / "alpha" / ".k.mp4.999999999.1.tmp"  # a process that no longer exists
+    stale.write_bytes(b"half a video")
+    assert run(weights, "--input", clip, "--output", out, "--outputs", "alpha") == 0
+    assert not stale.exists()
+    assert len(video_frames(out / "alpha" / "k.mp4")) == 3
+
+
+def test_torchrun_shares_videos_with_photos():
+    from utils.inference.files import InputFile, share_inputs
+
+    items = [InputFile(f"/x/{n}", n) for n in ("a.mp4", "b.jpg", "c.webm", "d.png", "e.mov")]
+    shares = [share_inputs(items, rank, 2) for rank in range(2)]
+    assert sorted(i.name for s in shares for i in s) == sorted(i.name for i in items)  # each exactly once
+    assert [i.name for i in shares[0]] == ["a.mp4", "c.webm", "e.mov"]  # by position, videos as photos
