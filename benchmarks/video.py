@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from fractions import Fraction
 
 import cv2
 import numpy as np

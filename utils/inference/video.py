@@ -40,12 +40,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterator
 
-import cv2
 import numpy as np
 
 from utils.fileio import TMP_SUFFIX
 
-from .core import error_reason
 from .cutout import alpha_to_uint8, composite_over, cutout_rgba, estimate_foreground_colours, fit_background, parse_background
 from .files import (InputFile, MatteReport, clash_reason, encode_png, is_complete, remove_stale_temporaries,
                     separate_clashes)
