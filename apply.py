@@ -51,7 +51,7 @@ from utils.inference.temporal import DEFAULT_TEMPORAL, TEMPORAL_METHODS  # noqa:
 from utils.inference.video import (FRAME_MODES, VIDEO_FORMATS, VideoBackground, VideoOptions,  # noqa: E402
                                    collect_videos, is_video_file, matte_videos, parse_video_background,
                                    work_units)
-from utils.runs import TRAINED, choose_weights, network_size  # noqa: E402
+from utils.runs import find_weights, network_size  # noqa: E402
 
 DEFAULT_REFINE = "guided"  # benchmarks/refine.py: sharper edges for ~0.1 s a photo; README has the figures
 
@@ -127,7 +127,7 @@ def tune_malloc():
 def resolve_model_path(path):
     """--model as given, else the newest best.pth of stage 2, else of stage 1 (in the working
     folder or beside apply.py); None if none."""
-    return choose_weights(path, newest_of=TRAINED, roots=(os.getcwd(), REPO))
+    return find_weights("apply", path, roots=(os.getcwd(), REPO))
 
 
 def load_network(args):

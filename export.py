@@ -37,7 +37,7 @@ import torch.nn as nn
 from model import CheckpointError, load_model
 from utils.constants import IMAGENET_MEAN, IMAGENET_STD
 from utils.inference.onnx_model import MAX_SIZE, OnnxModel, OnnxModelError
-from utils.runs import TRAINED, choose_weights, network_size
+from utils.runs import find_weights, network_size
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".ts", ".torchscript")}
@@ -384,7 +384,7 @@ def check_int8(fp32_path, int8_path, size, meta, calibrate, count, tolerance, me
 def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
-    weights = choose_weights(args.model, newest_of=TRAINED)
+    weights = find_weights("export", args.model)
     try:
         if weights is None:
             raise ExportError("no weights: pass --model FILE, or train one (python train_stage2.py)")

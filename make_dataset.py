@@ -53,7 +53,7 @@ from utils.inference.dataset_writer import (DatasetReport, DatasetWriter, Manife
                                             QualityRule, copy_backgrounds, make_composites, plan_photos, printable)
 from utils.inference.files import collect_inputs, share_inputs  # noqa: E402
 from utils.inference.onnx_model import load_any_model  # noqa: E402
-from utils.runs import TRAINED, choose_weights, network_size  # noqa: E402
+from utils.runs import find_weights, network_size  # noqa: E402
 
 NOT_CATEGORIES = (BACKGROUND_DIR, EASY_BACKGROUND_DIR, "composites")
 DEFAULT_REFINE = "guided"  # apply.py's: the same alpha from the same command
@@ -119,7 +119,7 @@ def check_args(args):
 
 def load_network(args, device):
     """(model, its file) for ``--model`` (else the newest trained best.pth); ValueError if none."""
-    path = choose_weights(args.model, newest_of=TRAINED, roots=(os.getcwd(), REPO))
+    path = find_weights("make_dataset", args.model, roots=(os.getcwd(), REPO))
     if path is None:
         raise ValueError("no model found: pass --model FILE (U2NET/U2NETP weights, e.g. the original "
                          "U-2-Net's u2net.pth, or results_stage*/<run>/model/best.pth)")

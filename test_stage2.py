@@ -53,7 +53,7 @@ from utils.inference.onnx_model import OnnxModelError, load_any_model
 from utils.inference.core import MatteOptions, Matter, refine_options
 from utils.inference.video import score_video_folders
 from utils.metrics import METRIC_NAMES, REGION_METRIC_NAMES
-from utils.runs import choose_weights, network_size
+from utils.runs import find_weights as find_trained_weights, network_size
 from utils.settings import load_settings, settings_to_dict
 
 
@@ -123,7 +123,7 @@ def build_data(settings, args):
 
 
 def find_weights(settings):
-    path = choose_weights(model_path=settings.model_path, pth_name=settings.pth_name, newest_of=("results_stage2",))
+    path = find_trained_weights("test", settings=settings)  # stage 2, else stage 1, as apply.py
     if path is None:
         raise SystemExit("no weights: set model_path/pth_name (--set model_path=DIR --set pth_name=FILE) "
                          "or train stage 2 first (python train_stage2.py writes results_stage2/<run>/model/best.pth)")
