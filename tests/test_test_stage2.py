@@ -239,6 +239,7 @@ def test_bad_flag_combinations(argv, capsys):
 
 def test_no_weights_says_how_to_get_them(bench_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("utils.runs.REPO", str(tmp_path))  # nor the repository's own results folders
     with pytest.raises(SystemExit, match="train_stage2.py"):
         run(["--images", str(bench_dir / "images"), "--alphas", str(bench_dir / "alphas")])
 
