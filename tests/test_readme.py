@@ -228,8 +228,9 @@ def anchor(heading):
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-# Pages that other parts of the project add; a link to one is checked once it exists.
-PENDING_PAGES = {"refinement.md", "video.md", "deployment.md"}
+# Pages not yet committed when this test was written; a link to one is checked once it exists.
+# Empty this set once they are in the repository.
+PENDING_PAGES = {"deployment.md", "serving.md"}
 
 
 def test_links_between_pages_resolve():
