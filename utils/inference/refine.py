@@ -72,6 +72,7 @@ MATTING_DEFAULTS = {
 
 _STATS = threading.local()
 PYRAMID_MIN_UNKNOWN = 4000  # a smaller band converges fast enough on its own
+FRACTIONAL = 1e-3  # a working alpha in (this, 1 - this) is fractional: its pixels are solved again at full size
 
 
 def last_matting_stats():
@@ -353,7 +354,7 @@ def matting_refine(image, coarse, guided, *, band, min_margin, low, high, eps, m
         up = alpha_to_size(alpha, height, width)
         del alpha
         # the full-size band: the working alpha's fractional pixels (any alpha not exactly 0 or 1), grown
-        fg, unknown = _trimap(up, max(1, int(np.ceil(margin / scale))), 1e-3, 1 - 1e-3)
+        fg, unknown = _trimap(up, max(1, int(np.ceil(margin / scale))), FRACTIONAL, 1 - FRACTIONAL)
         alpha = fg.astype(np.float32)
         if unknown.any():
             alpha = _solve_pyramid(image, unknown, fg, up, (eps, tol, max_iter, omega), 1, levels)
