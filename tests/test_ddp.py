@@ -41,9 +41,9 @@ def test_torchrun_two_processes_gloo(make_paixin, tmp_path, one_thread):
     from train_stage2 import build_datasets
     from utils.distributed import DistInfo
     from utils.settings import build_settings
-    from utils.training.engine import VAL_METRICS, evaluate
+    from utils.training.engine import VAL_METRICS, validate
     _, val_set, _ = build_datasets(build_settings("train_stage2", overrides=settings))
-    alone, _ = evaluate(load_model(os.path.join(run, "model", "u2netp_epoch0.pth")), val_set, 64, DistInfo(),
+    alone, _ = validate(load_model(os.path.join(run, "model", "u2netp_epoch0.pth")), val_set, 64, DistInfo(),
                         batch_size=2, max_images=3)
     for key in VAL_METRICS:
         assert float(row[f"val_{key}"]) == pytest.approx(alone[key], rel=1e-7, abs=1e-12), key

@@ -222,7 +222,7 @@ def _ddp_worker(rank, folder):
                  "unknown": (alpha > 0.3).float(), "ratio": torch.zeros(2)}
         engine.train_one_epoch(state, MattingLoss(settings.loss, settings.unknown_loss_weight), [batch], 0, 1)
         out["trained"] = {k: v.clone() for k, v in state.net.state_dict().items()}
-        out["metrics"], _ = engine.evaluate(state.net, ToyValSet(), 64, info, batch_size=2)
+        out["metrics"], _ = engine.validate(state.net, ToyValSet(), 64, info, batch_size=2)
         out["validated"] = state.net.state_dict()
         torch.save(out, os.path.join(folder, f"rank{rank}.pth"))
     finally:
@@ -262,7 +262,7 @@ def test_ddp_validation_scores_rank_0s_saved_weights(two_ranks, tmp_path):
     metrics = two_ranks[0]["metrics"]
     assert metrics == {**two_ranks[1]["metrics"], "seconds": metrics["seconds"]}
     torch.save(two_ranks[0]["validated"], tmp_path / "saved.pth")  # what rank 0 writes
-    alone, _ = engine.evaluate(load_model(str(tmp_path / "saved.pth")), ToyValSet(), 64, DistInfo(), batch_size=2)
+    alone, _ = engine.validate(load_model(str(tmp_path / "saved.pth")), ToyValSet(), 64, DistInfo(), batch_size=2)
     for key in engine.VAL_METRICS:
         assert metrics[key] == pytest.approx(alone[key], rel=1e-9, abs=1e-12), key
 

@@ -2,7 +2,7 @@
 
 ``setup_training`` puts the network on its device (channels-last), wraps it for the step
 (logits out, then DDP, then ``torch.compile`` if asked) and builds Adam, the lr schedule and the
-AMP GradScaler. ``train_one_epoch`` runs the step; ``evaluate`` measures the validation split at
+AMP GradScaler. ``train_one_epoch`` runs the step; ``validate`` measures the validation split at
 full resolution through the inference core (``utils.inference.core.Matter``), exactly as ``test_stage2.py`` and
 ``apply.py`` predict. ``resume_training`` restores a run from its ``checkpoint.pth``. ``utils.training.entry.train`` runs
 them in order for both training scripts.
@@ -225,7 +225,7 @@ def train_one_epoch(state, criterion, loader, epoch, epoch_num):
 
 
 @torch.no_grad()
-def evaluate(net, dataset, size, dist, batch_size=4, max_images=None, num_previews=4):
+def validate(net, dataset, size, dist, batch_size=4, max_images=None, num_previews=4):
     """Validation at full resolution: SAD, MSE, MAD, Grad, Conn and ``loss`` (mean |p - g|).
 
     Each rank predicts the images ``rank, rank + world, ...`` of ``dataset.load_full`` with

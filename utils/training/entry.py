@@ -24,7 +24,7 @@ from utils.distributed import cleanup, init_distributed_mode, seed_everything
 from utils.runs import NEWEST_OF, find_weights, run_settings_path
 from utils.settings import SettingsError, add_settings_arguments, build_settings, setting_source, settings_to_dict
 from .checkpoint import has_checkpoint, load_checkpoint, load_starting_weights
-from .engine import NonFiniteLossError, build_train_loader, evaluate, resume_training, setup_training, train_one_epoch
+from .engine import NonFiniteLossError, build_train_loader, resume_training, setup_training, train_one_epoch, validate
 from .losses import MattingLoss
 from .lr import extend_schedule
 from .run_folder import RunFolder, recorded_start
@@ -78,7 +78,7 @@ def train(script, build_datasets, argv=None, description=None):
             loader.sampler.set_epoch(epoch)
             lr = state.lr
             stats = train_one_epoch(state, criterion, loader, epoch, settings.epoch_num)
-            val, previews = evaluate(state.net, val_set, settings.image_size, dist,
+            val, previews = validate(state.net, val_set, settings.image_size, dist,
                                      settings.batch_size, settings.val_image_num)
             state.scheduler.step()
             run.end_epoch(epoch, state, lr, stats, val, previews, e2h_state(epoch) if e2h_state else None)

@@ -147,7 +147,7 @@ class RunFolder:
         """Commit the epoch: ``checkpoint.pth`` first, then its derived files (``write_derived``).
 
         ``lr``: the lr the epoch trained with; ``train``/``val``: the dicts of
-        ``train_one_epoch``/``evaluate``; ``previews``: ``evaluate``'s; ``e2h``: plain dict
+        ``train_one_epoch``/``validate``; ``previews``: ``validate``'s; ``e2h``: plain dict
         describing the e2h state. Collective (RNG states of every rank). Updates
         ``state.best_mad``/``best_epoch``; returns True when this epoch is the best so far.
         """
