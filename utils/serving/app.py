@@ -350,6 +350,8 @@ def matting_thresholds(fields: dict) -> dict:
 def app_from_env() -> FastAPI:
     """``create_app`` for the settings serve.py put in ``$U2NET_SERVE_CONFIG`` (uvicorn's
     import-string factory, which each of its ``--workers`` processes calls)."""
+    if not logging.getLogger().handlers:  # a worker process of --workers: serve.py's logging stayed in the parent
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     text = os.environ.get(CONFIG_ENV)
     if not text:
         sys.exit(f"{CONFIG_ENV} is not set: start the server with python serve.py")
