@@ -3,6 +3,7 @@
     python export.py --model results_stage2/<run>/model/best.pth --output u2net_mine.onnx
     python export.py --model best.pth --output u2net_mine.pt --format torchscript
     python export.py --model best.pth --output u2net_mine_fp16.onnx --precision fp16
+    python export.py --model best.pth --output u2net_mine_int8.onnx --precision int8 --calibrate photos/
     python apply.py --model u2net_mine.onnx --input photos/ --output out      # onnxruntime, no PyTorch
     mkdir -p ~/.rembg && cp u2net_mine.onnx ~/.rembg/ && rembg i -m u2net_custom -x '{"model_path": "~/.rembg/u2net_mine.onnx"}' in.jpg out.png
 
@@ -14,6 +15,11 @@ The graph takes ``input``, float32 (N,3,H,W): RGB scaled to [0,1], then ImageNet
 (N,1,H,W) in [0,1]; ``--all-outputs`` adds the six side maps ``d1`` .. ``d6``. N, H and W are
 dynamic unless ``--static`` (then 1x3xSIZExSIZE only, for runtimes that want fixed shapes).
 ``--precision fp16`` stores and computes in fp16 inside the graph; input and output stay float32.
+``--precision int8`` (ONNX only) quantises the checked fp32 graph statically (QDQ: per-channel
+int8 weights, uint8 activations calibrated on ``--calibrate-count`` photos of ``--calibrate``,
+preprocessed as inference does; the sigmoid and the first and last convolutions stay float) and
+checks its alphas against the fp32 graph's on other photos of the folder: mean and largest
+|difference| within ``--mean-tolerance`` (1/255) and ``--tolerance`` (8/255), else no file.
 Metadata (ONNX ``metadata_props``, TorchScript extra file ``metadata.json``): arch, input_size,
 dynamic, precision, mean, std, outputs, source.
 
