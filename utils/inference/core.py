@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # refine.py imports numba (~0.8 s): only when a method other 
     from .refine import RefineOptions
 
 T = TypeVar("T")
+_OWN = object()    # Matter.full's default: the options' own refinement
 MIN_SIZE = 32      # below this the network's six downsamplings leave nothing
 MAX_SIZE = 4096    # network input side; larger is a mistake (memory grows with its square)
 
@@ -179,12 +180,15 @@ class Matter:
             start = stop
         return out
 
-    def full(self, image: np.ndarray, coarse: np.ndarray) -> np.ndarray:
-        """A coarse alpha -> float32 (H,W) in [0,1] at ``image``'s resolution (``options.refine``;
-        none: resized, bilinear, area when shrinking). Never min-max normalised."""
-        if self.options.refine is None or self.options.refine.method == "none":
+    def full(self, image: np.ndarray, coarse: np.ndarray, refine: "RefineOptions | None" = _OWN) -> np.ndarray:
+        """A coarse alpha -> float32 (H,W) in [0,1] at ``image``'s resolution, by ``refine`` (a
+        ``RefineOptions``, or None for none), by default ``options.refine`` (none: resized,
+        bilinear, area when shrinking). Never min-max normalised. serve.py passes a request's own."""
+        if refine is _OWN:
+            refine = self.options.refine
+        if refine is None or refine.method == "none":
             return alpha_to_size(coarse, *image.shape[:2])
-        return self.options.refine.apply(image, coarse)
+        return refine.apply(image, coarse)
 
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """``full(image, coarse)`` for each image: float32 (H,W) in [0,1] at each one's size."""

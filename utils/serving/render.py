@@ -13,7 +13,6 @@ import numpy as np
 from utils.inference.core import refine_options
 from utils.inference.cutout import alpha_to_uint8, composite_over, cutout_rgba, estimate_foreground_colours, fit_background
 from utils.inference.files import encode_png
-from utils.inference.preprocess import alpha_to_size
 
 from .limits import ApiError
 
@@ -44,9 +43,7 @@ def full_alpha(matter, image: np.ndarray, coarse: np.ndarray, method: str | None
         refine = _refine(method, tuple(sorted((options or {}).items())))
     except ValueError as err:
         raise ApiError(422, f"refine: {err}") from err
-    if refine is None:  # none: exactly what Matter.full does for none
-        return alpha_to_size(coarse, *image.shape[:2])
-    return refine.apply(image, coarse)
+    return matter.full(image, coarse, refine)
 
 
 def render(kind: str, image: np.ndarray, alpha: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
