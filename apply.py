@@ -52,6 +52,7 @@ from utils.inference.video import (FRAME_MODES, VIDEO_FORMATS, VideoBackground, 
                                    collect_videos, is_video_file, matte_videos, parse_video_background,
                                    work_units)
 from utils.runs import find_weights, network_size  # noqa: E402
+from utils.settings import positive_int  # noqa: E402
 
 DEFAULT_REFINE = "guided"  # benchmarks/refine.py: sharper edges for ~0.1 s a photo; README has the figures
 
@@ -85,7 +86,7 @@ def parse_args(argv=None):
     p.add_argument("--temporal", choices=TEMPORAL_METHODS, default=DEFAULT_TEMPORAL,
                    help=f"videos: temporal stabilisation of the alphas, none for per-frame (default: {DEFAULT_TEMPORAL}; "
                         "documents/video.md)")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=positive_int, default=None,
                    help="network input size (default: the image_size of the training run the weights come "
                         "from, else an .onnx file's export size, else 320)")
     p.add_argument("--resize", choices=RESIZE_POLICIES, default="square",
@@ -96,12 +97,12 @@ def parse_args(argv=None):
     p.add_argument("--refine", choices=REFINE_METHODS, default=DEFAULT_REFINE,
                    help="full-resolution alpha: none (the network's, resized), guided (fast guided filter), "
                         f"matting (closed-form matting in the edge band) (default: {DEFAULT_REFINE}; see README)")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="images per network call (default: 1 on CPU, 8 on CUDA)")
-    p.add_argument("--workers", type=int, default=2, help="decoding threads (default: 2)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--workers", type=positive_int, default=2, help="decoding threads (default: 2)")
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="threads for the network on a CPU (default: the core count)")
-    p.add_argument("--max-pixels", type=int, default=getattr(image_io, "MAX_PIXELS", None),
+    p.add_argument("--max-pixels", type=positive_int, default=image_io.MAX_PIXELS,
                    help="photos with more pixels fail, checked from the header before decoding "
                         "(a decompression bomb costs nothing) (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -224,8 +225,6 @@ def run(args, dist):
         if os.path.exists(args.output) and not os.path.isdir(args.output):
             raise ValueError(f"--output {args.output}: exists and is not a folder")
         background = parse_video_background(args.background) if "composite" in outputs else None
-        if args.max_pixels is not None and args.max_pixels < 1:
-            raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
         model, model_path, device, batch_size = load_network(args)
         size, size_source = network_size(model_path, args.size, getattr(model, "input_size", None))
         options = MatteOptions(size=size, resize=args.resize, device=str(device), precision=args.precision,

@@ -44,6 +44,7 @@ from model import CheckpointError, load_model
 from utils.constants import IMAGENET_MEAN, IMAGENET_STD
 from utils.inference.onnx_model import MAX_SIZE, OnnxModel, OnnxModelError
 from utils.runs import find_weights, network_size
+from utils.settings import positive_int
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".ts", ".torchscript")}
@@ -123,16 +124,6 @@ def parse_args(argv=None):
             p.error(f"--calibrate {args.calibrate}: not a folder of photos")
     return args
 
-
-def positive_int(text):
-    """argparse type: an integer >= 1 (0 is an error, not 'the default')."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def metadata(arch, size, precision, static, all_outputs, source):

@@ -54,6 +54,7 @@ from utils.inference.dataset_writer import (DatasetReport, DatasetWriter, Manife
 from utils.inference.files import collect_inputs, share_inputs  # noqa: E402
 from utils.inference.onnx_model import load_any_model  # noqa: E402
 from utils.runs import find_weights, network_size  # noqa: E402
+from utils.settings import positive_int  # noqa: E402
 
 NOT_CATEGORIES = (BACKGROUND_DIR, EASY_BACKGROUND_DIR, "composites")
 DEFAULT_REFINE = "guided"  # apply.py's: the same alpha from the same command
@@ -80,15 +81,15 @@ def parse_args(argv=None):
     p.add_argument("--composites", type=int, default=0, metavar="N", help="fixed composites per foreground")
     p.add_argument("--split", choices=SPLITS, default="val", help="foregrounds to composite (default: val)")
     p.add_argument("--seed", type=int, default=0, help="seed of the composites (default: 0)")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=positive_int, default=None,
                    help="network input size (default: as apply.py, the weights' training run's own, else 320)")
     p.add_argument("--resize", choices=RESIZE_POLICIES, default="square", help="as apply.py (default: square)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 | bf16 | fp16 (default: fp32)")
-    p.add_argument("--batch-size", type=int, default=None, help="photos per network call (default: 1 CPU, 8 CUDA)")
-    p.add_argument("--workers", type=int, default=2, help="decoding threads (default: 2)")
-    p.add_argument("--threads", type=int, default=None, help="network threads on a CPU")
-    p.add_argument("--max-pixels", type=int, default=getattr(image_io, "MAX_PIXELS", None),
+    p.add_argument("--batch-size", type=positive_int, default=None, help="photos per network call (default: 1 CPU, 8 CUDA)")
+    p.add_argument("--workers", type=positive_int, default=2, help="decoding threads (default: 2)")
+    p.add_argument("--threads", type=positive_int, default=None, help="network threads on a CPU")
+    p.add_argument("--max-pixels", type=positive_int, default=image_io.MAX_PIXELS,
                    help="photos with more pixels fail, checked from the header (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="redo photos, backgrounds and composites")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -37,6 +37,7 @@ from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES  # noqa:
 from utils.inference.core import MatteOptions, refine_options  # noqa: E402
 from utils.serving.app import CONFIG_ENV, ServeConfig, resolve_model  # noqa: E402
 from utils.serving.limits import MB, Limits  # noqa: E402
+from utils.settings import positive_int  # noqa: E402
 
 DEFAULT_REFINE = "guided"  # apply.py's default
 
@@ -48,24 +49,24 @@ def parse_args(argv=None):
     p.add_argument("--port", type=int, default=7000, help="port (default: 7000, as rembg s)")
     p.add_argument("--model", metavar="FILE",
                    help="weights or an .onnx from export.py (default: newest results_stage2/1 best.pth)")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=positive_int, default=None,
                    help="network input size (default: the weights' training size, else an .onnx's export size, else 320)")
     p.add_argument("--resize", choices=RESIZE_POLICIES, default="square", help="as apply.py (default: square)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="as apply.py (default: fp32)")
     p.add_argument("--refine", choices=REFINE_METHODS, default=DEFAULT_REFINE,
                    help=f"default refinement of /api/matte and /api/remove (default: {DEFAULT_REFINE})")
-    p.add_argument("--threads", type=int, default=None, help="the network's CPU threads (default: the core count)")
+    p.add_argument("--threads", type=positive_int, default=None, help="the network's CPU threads (default: the core count)")
     p.add_argument("--max-batch", type=int, default=None,
                    help="photos per network call at most (default: as apply.py's --batch-size, 1 on a CPU, 8 on CUDA)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a photo waits for others to share its network call (default: 5)")
     p.add_argument("--pool", type=int, default=min(4, os.cpu_count() or 1),
                    help="threads for decoding, refinement and encoding (default: min(4, cores))")
-    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model (default: 1)")
+    p.add_argument("--workers", type=positive_int, default=1, help="server processes, each with its own model (default: 1)")
     p.add_argument("--max-upload-mb", type=float, default=Limits.max_upload_bytes / MB,
                    help="largest request body, 413 above (default: %(default)g)")
-    p.add_argument("--max-pixels", type=int, default=Limits.max_pixels,
+    p.add_argument("--max-pixels", type=positive_int, default=Limits.max_pixels,
                    help="largest photo in pixels, read from its header, 413 above (default: %(default)d)")
     p.add_argument("--max-queue", type=int, default=Limits.max_queue,
                    help="requests in the server at once, 503 with Retry-After above (default: %(default)d)")

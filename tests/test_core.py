@@ -285,3 +285,11 @@ def test_make_dataset_removes_what_is_left_out_on_a_rerun_and_names_bad_backgrou
     make_dataset.main(args + ["--overwrite", "--min-foreground", "1", "--max-uncertain", "0"])
     assert os.listdir(tmp_path / "ds" / "portrait" / "raw_image") == []
     assert os.listdir(tmp_path / "ds" / "portrait" / "mask_image") == []
+
+
+@pytest.mark.parametrize("script", [apply, make_dataset])
+@pytest.mark.parametrize("flag", ["--size", "--batch-size", "--workers", "--max-pixels"])
+def test_zero_is_an_error_not_the_default(script, flag, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        script.parse_args(["--input", str(tmp_path), "--output", str(tmp_path / "out"), flag, "0"])
+    assert stop.value.code == 2 and "must be >= 1, got 0" in capsys.readouterr().err

@@ -319,3 +319,14 @@ def load_settings(script, argv=None, parser=None):
 def settings_to_dict(settings):
     """Plain nested dict of the settings (JSON-serialisable)."""
     return dataclasses.asdict(settings)
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1 (0 is an error, not 'the default')."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
