@@ -33,7 +33,7 @@ import numpy as np
 
 from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES
 
-from .onnx_model import OnnxModel, load_any_model
+from .onnx_model import MAX_SIZE, OnnxModel, load_any_model  # MAX_SIZE: the network input side's bound
 from .preprocess import alpha_to_size, preprocess
 
 if TYPE_CHECKING:  # refine.py imports numba (~0.8 s): only when a method other than none is used
@@ -42,7 +42,6 @@ if TYPE_CHECKING:  # refine.py imports numba (~0.8 s): only when a method other 
 T = TypeVar("T")
 _OWN = object()    # Matter.full's default: the options' own refinement
 MIN_SIZE = 32      # below this the network's six downsamplings leave nothing
-MAX_SIZE = 4096    # network input side; larger is a mistake (memory grows with its square)
 
 
 class ModelOutputError(ValueError):
