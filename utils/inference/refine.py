@@ -218,7 +218,9 @@ def refine_alpha(image, coarse, method="guided", **options):
     image, coarse = _check_inputs(image, coarse)
     if method == "none":
         return alpha_to_size(coarse, *image.shape[:2])
-    return (guided_refine if method == "guided" else matting_refine)(image, coarse, **kwargs)
+    if method == "guided":
+        return guided_refine(image, coarse, **kwargs)
+    return matting_refine(image, coarse, kwargs)
 
 
 # ---------------------------------------------------------------- guided
@@ -318,10 +320,10 @@ def _check_matting(band, min_margin, low, high, eps, max_band, tol, max_iter, om
                            "0 < tol < 1, max_iter >= 1, 0 <= omega < 2, 1 <= pyramid <= 8, work_size >= 8, margin >= 0)")
 
 
-def matting_refine(image, coarse, guided, *, band, min_margin, low, high, eps, max_band, tol, max_iter, omega,
-                   pyramid, work_size, margin):
-    """The ``matting`` method (module docstring). ``guided``: the guided filter's options, for
-    the initial guess inside the band and the fall-back.
+def matting_refine(image, coarse, options):
+    """The ``matting`` method (module docstring). ``options``: every key of ``MATTING_DEFAULTS``
+    plus ``guided``, the guided filter's options (for the initial guess inside the band and the
+    fall-back), as ``RefineOptions("matting").resolved`` holds them.
 
     Photos longer than ``work_size`` are solved twice: first at a working resolution (long side
     ``work_size``) on the trimap's band, then at full resolution on the pixels that came out
@@ -330,6 +332,10 @@ def matting_refine(image, coarse, guided, *, band, min_margin, low, high, eps, m
     same problem at half the resolution (``pyramid`` levels), so the conjugate gradients only
     have the fine detail left to find.
     """
+    guided = options["guided"]
+    band, min_margin, low, high = options["band"], options["min_margin"], options["low"], options["high"]
+    eps, max_band, tol, max_iter = options["eps"], options["max_band"], options["tol"], options["max_iter"]
+    omega, pyramid, work_size, margin = options["omega"], options["pyramid"], options["work_size"], options["margin"]
     _check_matting(band, min_margin, low, high, eps, max_band, tol, max_iter, omega, pyramid, work_size, margin)
     height, width = image.shape[:2]
     levels = []
