@@ -53,7 +53,7 @@ from utils.inference.onnx_model import OnnxModelError, load_any_model
 from utils.inference.core import MatteOptions, Matter, refine_options
 from utils.inference.video import score_video_folders
 from utils.metrics import METRIC_NAMES, REGION_METRIC_NAMES
-from utils.runs import find_weights as find_trained_weights, network_size
+from utils.runs import find_weights as find_trained_weights, heldout_options, network_size
 from utils.settings import load_settings, settings_to_dict
 
 
@@ -107,10 +107,12 @@ class HeldOut(Dataset):
         return {"name": key, "image": image, "alpha": alpha, "pred": None, "trimap": None, "files": {}}
 
 
-def build_data(settings, args):
-    """-> (dataset of samples, short description, {role: unmatched names})."""
+def build_data(settings, args, weights):
+    """-> (dataset of samples, short description, {role: unmatched names}). The held-out
+    composites are the validation composites of the run that trained ``weights`` (its seed and
+    background caps, utils.runs.heldout_options)."""
     if not args.alphas:
-        ds = ForegroundDataset(settings.dataset_path, split="val", seed=settings.seed)
+        ds = ForegroundDataset(settings.dataset_path, split="val", **heldout_options(weights, settings.seed))
         return (HeldOut(ds, settings.image_num, settings.heldout_ratio),
                 f"val split of {settings.dataset_path} (r = {settings.heldout_ratio:g})", {})
     folders = {"alphas": args.alphas, "images": args.images, "predictions": args.predictions, "trimaps": args.trimaps}
@@ -142,14 +144,14 @@ def main(argv=None):
     device = resolve_device(settings.device)
 
     # ---- data ----------------------------------------------------------------------------------
-    data, description, unmatched = build_data(settings, args)
+    weights = None if args.predictions else find_weights(settings)
+    data, description, unmatched = build_data(settings, args, weights)
     loader = DataLoader(data, batch_size=settings.batch_size, collate_fn=list,
                         num_workers=settings.dataloader.num_worker, pin_memory=False)
 
     # ---- model -----------------------------------------------------------------------------------
-    weights = model = size = None
+    model = size = None
     if not args.predictions:
-        weights = find_weights(settings)
         model = load_any_model(weights, arch=settings.arch or None, device=device)  # .pth, or .onnx (onnxruntime)
         # image_size, else the training run's own (so the scores match its validation), else 320
         size, size_source = network_size(weights, settings.image_size, getattr(model, "input_size", None))
