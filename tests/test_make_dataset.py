@@ -327,8 +327,8 @@ def test_masks_are_apply_pys_alphas_with_matting_refinement(tmp_path, monkeypatc
     rng = np.random.default_rng(1)
     photos = []
     for i in range(2):  # bright figure on a dark ground: a clear matte with a thin unknown band
-        image = rng.integers(0, 40, (40, 48, 3)).astype(np.uint8)
-        image[8 + i:34, 14:34 + i] = 240
+        image = rng.integers(0, 40, (120, 144, 3)).astype(np.uint8)  # large enough for matting's >= 5 px band
+        image[24 + i:102, 42:102 + i] = 240
         photos.append(save(tmp_path / "photos" / f"p{i}.png", image))
     monkeypatch.setattr(make_dataset, "load_network", lambda args, device: (Brightness(), "brightness.pth"))
     output = tmp_path / "mine"
