@@ -44,9 +44,10 @@ sys.path.insert(0, REPO)
 
 from data_loader import image_io  # noqa: E402
 from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES  # noqa: E402
-from utils.inference.core import MatteOptions, Matter, ModelOutputError, refine_options  # noqa: E402
+from utils.inference.core import (MatteOptions, Matter, ModelOutputError, default_batch_size,  # noqa: E402
+                                  load_model_file, refine_options)
 from utils.inference.files import OUTPUT_KINDS, MatteReport, collect_inputs, matte_files, share_inputs  # noqa: E402
-from utils.inference.onnx_model import OnnxModel, is_onnx_path, load_any_model  # noqa: E402
+from utils.inference.onnx_model import OnnxModel  # noqa: E402
 from utils.inference.temporal import DEFAULT_TEMPORAL, TEMPORAL_METHODS  # noqa: E402
 from utils.inference.video import (FRAME_MODES, VIDEO_FORMATS, VideoBackground, VideoOptions,  # noqa: E402
                                    collect_videos, is_video_file, matte_videos, parse_video_background,
@@ -137,21 +138,8 @@ def load_network(args):
     model_path = resolve_model_path(args.model)
     if model_path is None:
         raise ValueError(NO_MODEL)
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    if is_onnx_path(model_path):
-        model = load_any_model(model_path, device=args.device, threads=args.threads)
-        device = model.device
-    else:
-        import torch
-
-        from utils.device import resolve_device
-
-        device = resolve_device(args.device)
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
-        model = load_any_model(model_path, device=device)
-    batch_size = args.batch_size or (8 if str(device).startswith("cuda") else 1)
+    model, device = load_model_file(model_path, args.device, args.threads)
+    batch_size = args.batch_size or default_batch_size(device)
     return model, model_path, device, batch_size
 
 

@@ -48,11 +48,10 @@ from data_loader.splits import SPLITS  # noqa: E402
 from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES  # noqa: E402
 from utils.distributed import cleanup, gather_objects, init_distributed_mode, wait_for_all  # noqa: E402
 from data_loader import image_io  # noqa: E402
-from utils.inference.core import MatteOptions, Matter, ModelOutputError, refine_options  # noqa: E402
+from utils.inference.core import MatteOptions, Matter, ModelOutputError, load_model_file, refine_options  # noqa: E402
 from utils.inference.dataset_writer import (DatasetReport, DatasetWriter, Manifest,  # noqa: E402
                                             QualityRule, copy_backgrounds, make_composites, plan_photos, printable)
 from utils.inference.files import collect_inputs, share_inputs  # noqa: E402
-from utils.inference.onnx_model import load_any_model  # noqa: E402
 from utils.runs import find_weights, network_size  # noqa: E402
 from utils.settings import positive_int  # noqa: E402
 
@@ -124,10 +123,7 @@ def load_network(args, device):
     if path is None:
         raise ValueError("no model found: pass --model FILE (U2NET/U2NETP weights, e.g. the original "
                          "U-2-Net's u2net.pth, or results_stage*/<run>/model/best.pth)")
-    if args.threads is not None and not path.lower().endswith(".onnx"):
-        import torch
-        torch.set_num_threads(args.threads)
-    return load_any_model(path, device=str(device), threads=args.threads), path
+    return load_model_file(path, str(device), args.threads)[0], path
 
 
 def matte_photos(args, dist, rule, model, model_path, manifest):

@@ -209,6 +209,30 @@ class Matter:
         return _Stream(self, items, load, adjust).results()
 
 
+def load_model_file(path: str, device: str = "auto", threads: int | None = None):
+    """(model, the device it runs on) for the weights in ``path``: an ``OnnxModel`` for an
+    .onnx file (onnxruntime; torch is never imported), else the PyTorch network on
+    ``utils.device.resolve_device(device)``. ``threads``: the network's CPU threads
+    (onnxruntime's intra-op, or ``torch.set_num_threads``). Raises ValueError naming the file."""
+    if path.lower().endswith(".onnx"):
+        model = load_any_model(path, device=device, threads=threads)
+        return model, model.device
+    import torch
+
+    from utils.device import resolve_device
+
+    resolved = resolve_device(device)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return load_any_model(path, device=resolved), str(resolved)
+
+
+def default_batch_size(device: str) -> int:
+    """Images per network call when not asked: 8 on CUDA; 1 on a CPU, where a batch costs
+    about what its photos cost one by one and holds more memory."""
+    return 8 if str(device).startswith("cuda") else 1
+
+
 def predict_alphas(model, images: list[np.ndarray], size: int = 320, device: str = "cpu", precision: str = "fp32",
                    batch_size: int = 4, resize: str = "square", refine: "str | RefineOptions | None" = None
                    ) -> list[np.ndarray]:

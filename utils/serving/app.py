@@ -29,8 +29,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES
-from utils.inference.core import MatteOptions, Matter, ModelOutputError, refine_options
-from utils.inference.onnx_model import OnnxModel, is_onnx_path, load_any_model
+from utils.inference.core import MatteOptions, Matter, ModelOutputError, default_batch_size, load_model_file, refine_options
+from utils.inference.onnx_model import OnnxModel
 from utils.runs import find_weights, network_size
 
 from .batcher import Batcher
@@ -106,25 +106,14 @@ def resolve_model(config: ServeConfig) -> str:
 
 
 def load_matter(config: ServeConfig) -> Matter:
-    """The ``Matter`` of a server process, as apply.py builds its own (``load_any_model``, the
+    """The ``Matter`` of a server process, as apply.py builds its own (``load_model_file``, the
     size by ``network_size``, the batch size as apply.py's unless ``max_batch``); the Batcher's
     max batch is its ``options.batch_size``. Raises ValueError naming the file."""
     path = resolve_model(config)
-    if is_onnx_path(path):
-        model = load_any_model(path, device=config.device, threads=config.threads)
-        device = model.device
-    else:
-        import torch
-
-        from utils.device import resolve_device
-
-        device = resolve_device(config.device)
-        if config.threads is not None:
-            torch.set_num_threads(config.threads)
-        model = load_any_model(path, device=device)
+    model, device = load_model_file(path, config.device, config.threads)
     size, source = network_size(path, config.size, getattr(model, "input_size", None))
     options = MatteOptions(size=size, resize=config.resize, device=str(device), precision=config.precision,
-                           batch_size=config.max_batch or (8 if str(device).startswith("cuda") else 1),
+                           batch_size=config.max_batch or default_batch_size(device),
                            refine=refine_options(config.refine))
     matter = Matter(model, options, copy_model=False)
     matter.path, matter.size_source = path, source
