@@ -159,13 +159,14 @@ def join_processes(args):
 def add_videos(files, problems, args):
     """``collect_inputs``' files plus the videos in the folders and globs of ``--input`` (it
     takes only photos from those), without its "no image files" for a spec that gave videos."""
-    videos = collect_videos(args.input, recursive=args.recursive, exclude=args.output)
-    if not videos:
-        return files, problems
-    seen = {os.path.realpath(f.path) for f in files}
-    files = files + [v for v in videos if os.path.realpath(v.path) not in seen]
-    gave = {spec for spec in args.input if collect_videos([spec], recursive=args.recursive, exclude=args.output)}
-    return files, [(spec, reason) for spec, reason in problems if spec not in gave]
+    seen, videos, gave = {os.path.realpath(f.path) for f in files}, [], set()
+    for spec in args.input:
+        for video in collect_videos([spec], recursive=args.recursive, exclude=args.output):
+            gave.add(spec)
+            if os.path.realpath(video.path) not in seen:
+                seen.add(os.path.realpath(video.path))
+                videos.append(video)
+    return files + videos, [(spec, reason) for spec, reason in problems if spec not in gave]
 
 
 def gather_report(report, dist, files):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -81,14 +82,14 @@ def _glob_base(pattern):
     return os.sep.join(base) or "."
 
 
-def collect_inputs(specs: list[str], recursive: bool = False, exclude: str | None = None
-                   ) -> tuple[list[InputFile], list[tuple[str, str]]]:
+def collect_inputs(specs: list[str], recursive: bool = False, exclude: str | None = None,
+                   wanted=is_image_file) -> tuple[list[InputFile], list[tuple[str, str]]]:
     """Expand files, folders and globs into ``InputFile``s, in a stable order.
 
     A file named explicitly is always taken (a bad one fails later, by name); folders and globs
-    give only files with an image extension. ``recursive`` descends into sub-folders of a
-    folder. Files under ``exclude`` (the output folder) are left out. The same file given twice
-    is taken once. Returns ``(files, problems)``, problems being ``(spec, reason)`` for specs
+    give only the files whose name ``wanted`` accepts (default: an image extension).
+    ``recursive`` descends into sub-folders of a folder. Files under ``exclude`` (the output
+    folder) are left out. The same file given twice is taken once. Returns ``(files, problems)``, problems being ``(spec, reason)`` for specs
     that match nothing.
     """
     exclude = os.path.realpath(exclude) + os.sep if exclude else None
@@ -112,13 +113,13 @@ def collect_inputs(specs: list[str], recursive: bool = False, exclude: str | Non
             for root, dirs, names in os.walk(spec, onerror=unreadable):
                 dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
                 for n in sorted(names):
-                    if is_image_file(n):
+                    if wanted(n):
                         matched = True
                         add(os.path.join(root, n), os.path.relpath(os.path.join(root, n), spec))
         elif glob.has_magic(spec):
             base = _glob_base(spec)
             for path in sorted(glob.glob(spec, recursive=True)):
-                if os.path.isfile(path) and is_image_file(path):
+                if os.path.isfile(path) and wanted(path):
                     matched = True
                     add(path, os.path.relpath(path, base))
         else:
@@ -194,8 +195,9 @@ def write_png(path: str, image: np.ndarray) -> None:
 
 # ---------------------------------------------------------------- the pipeline
 def remove_stale_temporaries(path: str) -> None:
-    """Remove the temporary files a killed writer left beside ``path`` (``atomic_open``'s
-    ``.<name>.<pid>.<thread>.tmp``) whose process is gone; a live process's are its own."""
+    """Remove the temporaries a killed writer left beside ``path`` (``atomic_open``'s
+    ``.<name>.<pid>.<thread>.tmp`` files, and video.py's frame folders named alike) whose
+    process is gone; a live process's are its own."""
     folder, base = os.path.split(path)
     prefix = f".{base}."
     try:
@@ -205,8 +207,12 @@ def remove_stale_temporaries(path: str) -> None:
     for name in names:
         pid = name[len(prefix):].split(".")[0]
         if pid.isdigit() and not _alive(int(pid)):
-            with contextlib.suppress(OSError):
-                os.remove(os.path.join(folder, name))
+            stale = os.path.join(folder, name)
+            if os.path.isdir(stale) and not os.path.islink(stale):
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(stale)
 
 
 def _alive(pid):
@@ -252,20 +258,30 @@ def plan_outputs(inputs: list[InputFile], output_dir: str, outputs: tuple[str, .
     return jobs
 
 
-def write_outputs(output_dir: str, name: str, kinds: list[str], image: np.ndarray, alpha: np.ndarray,
-                  background: np.ndarray | None = None) -> None:
-    """Write the ``kinds`` of one photo: ``alpha`` 8-bit gray, ``cutout`` RGBA with estimated
-    foreground colours, ``composite`` RGB over ``background`` (``parse_background``'s array).
+def render_outputs(kinds, image: np.ndarray, alpha: np.ndarray, background: np.ndarray | None = None
+                   ) -> dict[str, np.ndarray]:
+    """The arrays of one photo's ``kinds``, as every caller writes them (apply.py's PNGs,
+    video frames, serve.py's answers): ``alpha`` uint8 (H,W); ``cutout`` uint8 RGBA (H,W,4)
+    with the foreground colours estimated (once, for both); ``composite`` uint8 RGB (H,W,3) over
+    ``background`` (``parse_background``'s colour (3,) or image, scaled to cover the photo).
     image uint8 RGB (H,W,3); alpha float32 (H,W) in [0,1]."""
+    arrays = {}
     if "alpha" in kinds:
-        write_png(output_path(output_dir, "alpha", name), alpha_to_uint8(alpha))
+        arrays["alpha"] = alpha_to_uint8(alpha)
     if "cutout" in kinds or "composite" in kinds:
         foreground = estimate_foreground_colours(image, alpha)
         if "cutout" in kinds:
-            write_png(output_path(output_dir, "cutout", name), cutout_rgba(foreground, alpha))
+            arrays["cutout"] = cutout_rgba(foreground, alpha)
         if "composite" in kinds:
-            fitted = fit_background(background, *image.shape[:2])
-            write_png(output_path(output_dir, "composite", name), composite_over(foreground, alpha, fitted))
+            arrays["composite"] = composite_over(foreground, alpha, fit_background(background, *image.shape[:2]))
+    return arrays
+
+
+def write_outputs(output_dir: str, name: str, kinds: list[str], image: np.ndarray, alpha: np.ndarray,
+                  background: np.ndarray | None = None) -> None:
+    """Write the ``kinds`` of one photo (``render_outputs``) as PNGs under ``output_dir``."""
+    for kind, array in render_outputs(kinds, image, alpha, background).items():
+        write_png(output_path(output_dir, kind, name), array)
 
 
 class Progress:

@@ -44,9 +44,9 @@ import numpy as np
 
 from utils.fileio import TMP_SUFFIX
 
-from .cutout import alpha_to_uint8, composite_over, cutout_rgba, estimate_foreground_colours, fit_background, parse_background
-from .files import (InputFile, MatteReport, clash_reason, encode_png, is_complete, remove_stale_temporaries,
-                    separate_clashes)
+from .cutout import parse_background
+from .files import (InputFile, MatteReport, clash_reason, collect_inputs, encode_png, is_complete,
+                    remove_stale_temporaries, render_outputs, separate_clashes)
 from .temporal import DEFAULT_TEMPORAL, make_stabiliser
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
@@ -460,45 +460,25 @@ class FrameFolder:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def remove_stale_folders(path: str) -> None:
-    """Temporary frame folders (``.<name>.<pid>.<thread>.tmp``) of killed runs beside ``path``."""
-    folder, base = os.path.split(os.path.abspath(path))
-    with contextlib.suppress(OSError):
-        for name in os.listdir(folder):
-            if name.startswith(f".{base}.") and name.endswith(TMP_SUFFIX) and os.path.isdir(os.path.join(folder, name)):
-                pid = name[len(base) + 2:].split(".")[0]
-                if pid.isdigit() and not _alive(int(pid)):
-                    shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 # ---------------------------------------------------------------- backgrounds
 class VideoBackground:
-    """A background video for composites, looped: ``next(h, w)`` gives its next frame fitted
-    to (h, w) (``fit_background``), from the start again after its last."""
+    """A background video for composites, looped: ``next()`` gives its next frame, from the
+    start again after its last."""
 
     def __init__(self, path: str):
         self.path, self.info = path, probe_video(path)
         self.reader: FrameReader | None = None
         self.frames: Iterator[Frame] | None = None
 
-    def next(self, height: int, width: int) -> np.ndarray:
+    def next(self) -> np.ndarray:
+        """The next frame, uint8 RGB (H,W,3) (``render_outputs`` fits it to the photo)."""
         for _ in range(2):
             if self.frames is None:
                 self.reader = FrameReader(self.path, self.info)
                 self.frames = iter(self.reader)
             frame = next(self.frames, None)
             if frame is not None:
-                return fit_background(frame.image, height, width)
+                return frame.image
             error, given = self.reader.error, self.reader.count
             self.close()
             if given == 0:
@@ -554,7 +534,7 @@ def _plan(output_dir, name, outputs, video_format, frames, overwrite):
         if frames != "none":
             targets.append(("frames", frames_output_path(output_dir, kind, name)))
         for how, path in targets:
-            (remove_stale_temporaries if how == "video" else remove_stale_folders)(path)
+            remove_stale_temporaries(path)  # a killed run's temporary file or frame folder
             done = is_complete(path) if how == "video" else _is_complete_folder(path)
             (kept if done and not overwrite else todo).append((kind, how, path))
     return todo, kept
@@ -673,56 +653,22 @@ def _matte_clip(matter, info: VideoInfo, todo, background, stabilise, progress) 
 def _write_frame(writers, kinds, frame: Frame, image, alpha, background, k) -> None:
     """One matted frame (upright) into every writer: videos get it as stored (rotated back),
     PNG frames upright, as photos are."""
-    def stored(array):
-        return np.ascontiguousarray(np.rot90(array, -k)) if k else array
-
-    arrays = {"alpha": alpha_to_uint8(alpha)}
-    if "cutout" in kinds or "composite" in kinds:
-        foreground = estimate_foreground_colours(image, alpha)
-        if "cutout" in kinds:
-            arrays["cutout"] = cutout_rgba(foreground, alpha)
-        if "composite" in kinds:
-            h, w = image.shape[:2]
-            fitted = background.next(h, w) if isinstance(background, VideoBackground) else \
-                fit_background(background, h, w)
-            arrays["composite"] = composite_over(foreground, alpha, fitted)
+    if isinstance(background, VideoBackground):
+        background = background.next()
+    arrays = render_outputs(kinds, image, alpha, background)
     for kind, writer in writers:
         if isinstance(writer, FrameFolder):
             writer.write(arrays[kind])
         else:
-            writer.write(stored(arrays[kind]), frame.pts)
+            writer.write(np.ascontiguousarray(np.rot90(arrays[kind], -k)) if k else arrays[kind], frame.pts)
 
 
 def collect_videos(specs: list[str], recursive: bool = False, exclude: str | None = None) -> list[InputFile]:
     """The video files (``VIDEO_EXTENSIONS``) in the folders and globs of ``specs``, named as
-    ``files.collect_inputs`` names photos (relative to the folder or the glob's fixed part),
-    in a stable order. Files named explicitly are ``collect_inputs``' (it takes any file)."""
-    import glob
-
-    exclude = os.path.realpath(exclude) + os.sep if exclude else None
-    found, seen = [], set()
-
-    def add(path, name):
-        real = os.path.realpath(path)
-        if real not in seen and not (exclude and real.startswith(exclude)):
-            seen.add(real)
-            found.append(InputFile(path, os.path.normpath(name)))
-
-    for spec in specs:
-        if os.path.isdir(spec):
-            for root, dirs, names in os.walk(spec):
-                dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
-                for n in sorted(names):
-                    if is_video_file(n):
-                        add(os.path.join(root, n), os.path.relpath(os.path.join(root, n), spec))
-        elif not os.path.isfile(spec) and glob.has_magic(spec):
-            parts = spec.split(os.sep)
-            base = os.sep.join(p for p in parts[:next((i for i, p in enumerate(parts[:-1]) if glob.has_magic(p)),
-                                                       len(parts) - 1)]) or "."
-            for path in sorted(glob.glob(spec, recursive=True)):
-                if os.path.isfile(path) and is_video_file(path):
-                    add(path, os.path.relpath(path, base))
-    return found
+    ``files.collect_inputs`` names photos, in a stable order. Files named explicitly are
+    ``collect_inputs``' (it takes any file)."""
+    folders_and_globs = [spec for spec in specs if not os.path.isfile(spec)]
+    return collect_inputs(folders_and_globs, recursive, exclude, wanted=is_video_file)[0]
 
 
 def matte_videos(matter, videos: list[InputFile], output_dir: str, outputs: tuple[str, ...],

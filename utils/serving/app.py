@@ -29,13 +29,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES
-from utils.inference.core import MatteOptions, Matter, ModelOutputError, default_batch_size, load_model_file, refine_options
+from utils.inference.core import (MatteOptions, Matter, ModelOutputError, default_batch_size, load_model_file,
+                                  refine_options)
+from utils.inference.files import OUTPUT_KINDS
 from utils.inference.onnx_model import OnnxModel
 from utils.runs import find_weights, network_size
 
 from .batcher import Batcher
 from .limits import ApiError, Limits, Occupancy, UploadGate, decode_upload, parse_colour
-from .render import FORMATS, OUTPUT_KINDS, encode, full_alpha, rembg_output, render
+from .render import FORMATS, encode, full_alpha, rembg_output, render
 
 log = logging.getLogger("serve")
 CONFIG_ENV = "U2NET_SERVE_CONFIG"  # how uvicorn's worker processes get the settings (--workers)

@@ -12,11 +12,10 @@ import numpy as np
 
 from utils.inference.core import refine_options
 from utils.inference.cutout import alpha_to_uint8, composite_over, cutout_rgba, estimate_foreground_colours, fit_background
-from utils.inference.files import encode_png
+from utils.inference.files import encode_png, render_outputs
 
 from .limits import ApiError
 
-OUTPUT_KINDS = ("alpha", "cutout", "composite")
 FORMATS = {"png": "image/png", "webp": "image/webp"}
 WEBP_LOSSLESS = 101  # OpenCV's WebP quality above 100 is lossless: an alpha matte keeps its exact values
 
@@ -47,16 +46,9 @@ def full_alpha(matter, image: np.ndarray, coarse: np.ndarray, method: str | None
 
 
 def render(kind: str, image: np.ndarray, alpha: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
-    """The ``kind`` of output apply.py writes for ``image`` (uint8 RGB (H,W,3)) and ``alpha``
-    (float32 (H,W) in [0,1]): ``alpha`` uint8 (H,W); ``cutout`` uint8 RGBA (H,W,4) with the
-    foreground colours estimated; ``composite`` uint8 RGB (H,W,3) over ``background`` (a colour
-    uint8 (3,) or an image uint8 (h,w,3), scaled to cover the photo)."""
-    if kind == "alpha":
-        return alpha_to_uint8(alpha)
-    foreground = estimate_foreground_colours(image, alpha)
-    if kind == "cutout":
-        return cutout_rgba(foreground, alpha)
-    return composite_over(foreground, alpha, fit_background(background, *image.shape[:2]))
+    """The ``kind`` of output apply.py writes for ``image`` and ``alpha``
+    (``files.render_outputs``)."""
+    return render_outputs((kind,), image, alpha, background)[kind]
 
 
 def rembg_output(image: np.ndarray, alpha: np.ndarray, only_mask: bool, post_process: bool,
