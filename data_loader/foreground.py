@@ -13,6 +13,8 @@ import warnings
 
 import numpy as np
 
+from utils.arrays import unit_to_uint8
+
 from .base import MattingDataset
 from .compositing import composite, cover_background, random_background, solid_colour, to_unit
 from .e2h import E2HSchedule
@@ -208,4 +210,4 @@ class ForegroundDataset(MattingDataset):
             else:
                 easy = solid_colour(rng)
         image = composite(to_unit(fg), alpha, hard, easy, ratio)
-        return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8), alpha, pair.name
+        return unit_to_uint8(image), alpha, pair.name

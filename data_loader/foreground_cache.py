@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.arrays import unit_to_uint8
 from utils.distributed import gather_objects, get_rank, get_world_size, wait_for_all
 from utils.fileio import atomic_write
 
@@ -62,7 +63,7 @@ def estimate_foreground(rgb, alpha):
         from pymatting import estimate_foreground_ml  # imported here: numba start-up is slow
         _PARALLEL_PID = os.getpid()
         fg = estimate_foreground_ml(image, alpha)
-    return np.clip(fg * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return unit_to_uint8(fg)
 
 
 def _estimate_in_subprocess(image, alpha):
@@ -136,7 +137,7 @@ class ForegroundCache:
 
     # ---- computing -----------------------------------------------------------------------
     def _work_copy(self, fg, alpha):
-        rgba = np.dstack([fg, np.round(alpha * 255.0).astype(np.uint8)])
+        rgba = np.dstack([fg, unit_to_uint8(alpha)])
         h, w = fg.shape[:2]
         if self.work_short_side and min(h, w) > self.work_short_side:
             scale = self.work_short_side / min(h, w)
