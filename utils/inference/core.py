@@ -109,6 +109,8 @@ class Matter:
 
     model: a U2NET/U2NETP ``nn.Module`` (a prepared copy is made; the model is not changed) or
     an ``OnnxModel``. Raises ValueError for options the model or device cannot run.
+    Attributes: ``options``, ``arch``, ``device`` (where the network runs), ``runtime``
+    (``pytorch`` or ``onnxruntime``).
     """
 
     def __init__(self, model, options: MatteOptions, *, copy_model: bool = True):
@@ -119,8 +121,7 @@ class Matter:
                 raise ValueError(f"{model.path} takes only fixed-size inputs (exported with --static): "
                                  "use --resize square")
             model.check_size(options.size, options.size)
-            self.arch, self.input_size, self._run = model.arch, model.input_size, model
-            self.device = model.device
+            self.arch, self.device, self.runtime, self._run = model.arch, model.device, "onnxruntime", model
             return
         import torch  # here: an .onnx model runs without PyTorch installed
 
@@ -135,7 +136,7 @@ class Matter:
         if warning:  # emulated bf16 runs ~15x slower than fp32: refuse rather than crawl
             raise ValueError(f"--precision {options.precision}: {warning}; use fp32")
         model = unwrap(model)
-        self.arch, self.input_size, self.device = type(model).__name__.lower(), None, str(device)
+        self.arch, self.device, self.runtime = type(model).__name__.lower(), str(device), "pytorch"
         net = prepare_model(copy.deepcopy(model) if copy_model else model, device, options.precision)
         self._run = lambda batch: run_network(net, torch.from_numpy(batch).to(device)).numpy()
 
@@ -146,9 +147,7 @@ class Matter:
         the caller's ``torch.set_num_threads``). Raises CheckpointError / OnnxModelError naming
         the file."""
         model = load_any_model(path, device=options.device, threads=threads)
-        matter = cls(model, options, copy_model=False)  # the loaded model is ours to prepare
-        matter.path = path
-        return matter
+        return cls(model, options, copy_model=False)  # the loaded model is ours to prepare
 
     # ------------------------------------------------------------ the steps
     def network(self, inputs: np.ndarray) -> np.ndarray:

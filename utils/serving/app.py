@@ -32,7 +32,6 @@ from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES
 from utils.inference.core import (MatteOptions, Matter, ModelOutputError, default_batch_size, load_model_file,
                                   refine_options)
 from utils.inference.files import OUTPUT_KINDS
-from utils.inference.onnx_model import OnnxModel
 from utils.runs import find_weights, network_size
 
 from .batcher import Batcher
@@ -107,20 +106,18 @@ def resolve_model(config: ServeConfig) -> str:
     return path
 
 
-def load_matter(config: ServeConfig) -> Matter:
-    """The ``Matter`` of a server process, as apply.py builds its own (``load_model_file``, the
-    size by ``network_size``, the batch size as apply.py's unless ``max_batch``); the Batcher's
-    max batch is its ``options.batch_size``. Raises ValueError naming the file."""
+def load_matter(config: ServeConfig) -> tuple[Matter, str, str]:
+    """(the ``Matter`` of a server process, its weights' file, where its size came from), as
+    apply.py builds its own (``load_model_file``, the size by ``network_size``, the batch size as
+    apply.py's unless ``max_batch``); the Batcher's max batch is its ``options.batch_size``.
+    Raises ValueError naming the file."""
     path = resolve_model(config)
     model, device = load_model_file(path, config.device, config.threads)
     size, source = network_size(path, config.size, getattr(model, "input_size", None))
     options = MatteOptions(size=size, resize=config.resize, device=str(device), precision=config.precision,
                            batch_size=config.max_batch or default_batch_size(device),
                            refine=refine_options(config.refine))
-    matter = Matter(model, options, copy_model=False)
-    matter.path, matter.size_source = path, source
-    matter.runtime = "onnxruntime" if isinstance(model, OnnxModel) else "pytorch"
-    return matter
+    return Matter(model, options, copy_model=False), path, source
 
 
 # ---------------------------------------------------------------- errors, in one place
@@ -162,12 +159,12 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        matter = load_matter(config)
+        matter, path, size_source = load_matter(config)
         app.state.matter = matter
         app.state.batcher = Batcher(matter, matter.options.batch_size, config.max_wait_ms, config.pool)
         runtime = matter.runtime if matter.runtime == "onnxruntime" else config.precision
         log.info("serving %s (%s, %dx%d from %s) on %s, %s; refine %s; batches of up to %d",
-                 matter.path, matter.arch, matter.options.size, matter.options.size, matter.size_source,
+                 path, matter.arch, matter.options.size, matter.options.size, size_source,
                  matter.device, runtime, config.refine, matter.options.batch_size)
         try:
             yield
