@@ -47,7 +47,6 @@ from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES  # noqa:
 from utils.inference.core import (MatteOptions, Matter, ModelOutputError, default_batch_size,  # noqa: E402
                                   load_model_file, refine_options)
 from utils.inference.files import OUTPUT_KINDS, MatteReport, collect_inputs, matte_files, share_inputs  # noqa: E402
-from utils.inference.onnx_model import OnnxModel  # noqa: E402
 from utils.inference.temporal import DEFAULT_TEMPORAL, TEMPORAL_METHODS  # noqa: E402
 from utils.inference.video import (FRAME_MODES, VIDEO_FORMATS, VideoBackground, VideoOptions,  # noqa: E402
                                    collect_videos, is_video_file, matte_videos, parse_video_background,
@@ -229,7 +228,7 @@ def run(args, dist):
         print(f"failed: --input {spec}: {reason}", file=sys.stderr)
     if not args.quiet and main_process:
         newest = "" if args.model else " (the newest trained weights)"
-        runtime = f"onnxruntime on {device}" if isinstance(model, OnnxModel) else f"{device}, {args.precision}"
+        runtime = f"onnxruntime on {device}" if matter.runtime == "onnxruntime" else f"{device}, {args.precision}"
         processes = f", {dist.world_size} processes" if dist else ""
         videos = sum(map(is_video_file, (f.path for f in files)))
         print(f"{len(files) - videos} images, {videos} videos, model {model_path}{newest}, {runtime}, batch {batch_size}{processes}, "
@@ -246,8 +245,7 @@ def run(args, dist):
             clip_report = matte_videos(matter, clips, args.output, outputs, VideoOptions(
                 background, args.temporal, args.video_format, args.frames, args.overwrite,
                 progress=not args.quiet and main_process, max_pixels=args.max_pixels))
-            report = MatteReport(report.done + clip_report.done, report.skipped + clip_report.skipped,
-                                 report.failed + clip_report.failed, report.seconds + clip_report.seconds)
+            report = report.add(clip_report)
     except ModelOutputError as err:  # the network's fault, not a photo's: every photo would fail
         print(f"apply.py: error: {model_path}: {err}", file=sys.stderr)
         report = MatteReport(failed=[("--model", f"{model_path}: {err}")])  # torchrun: still meet the others below

@@ -55,6 +55,11 @@ class MatteReport:
     def ok(self):
         return not self.failed
 
+    def add(self, other: "MatteReport") -> "MatteReport":
+        """This report followed by ``other``, run after it (lists joined, times added)."""
+        return MatteReport(self.done + other.done, self.skipped + other.skipped, self.failed + other.failed,
+                           self.seconds + other.seconds)
+
     @classmethod
     def merge(cls, reports):
         """One report from the processes' reports (torchrun): lists joined, the longest time."""

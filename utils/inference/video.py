@@ -681,11 +681,7 @@ def matte_videos(matter, videos: list[InputFile], output_dir: str, outputs: tupl
         report.failed.append((item.name, clash_reason(owner)))
         print(f"failed: {item.path}: output name clashes with {owner}", file=sys.stderr)
     for item in kept:
-        one = matte_video(matter, item.path, output_dir, outputs, options, name=item.name)
-        report.done += one.done
-        report.skipped += one.skipped
-        report.failed += one.failed
-        report.seconds += one.seconds
+        report = report.add(matte_video(matter, item.path, output_dir, outputs, options, name=item.name))
     return report
 
 
