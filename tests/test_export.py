@@ -247,15 +247,19 @@ def test_corrupt_and_foreign_onnx_files(tmp_path, capsys):
     assert "corrupt.onnx: not a usable ONNX model" in capsys.readouterr().err
 
 
+def applied_alphas(model, images, output):
+    """apply.py's alpha PNGs (int16, for differences) of ``images`` (one folder) with ``model``."""
+    folder = os.path.dirname(images[0])
+    assert apply.main(["--input", folder, "--outputs", "alpha", "--size", str(SIZE), "--quiet", "--threads", "1",
+                       "--model", model, "--output", str(output)]) == 0
+    names = [os.path.basename(p).replace(".jpg", ".png") for p in images]
+    return [np.array(Image.open(output / "alpha" / name), np.int16) for name in names]
+
+
 def test_onnx_alphas_match_pytorch_in_apply_and_predict(onnx_file, weights, tmp_path):
     images = photos(str(tmp_path / "in"))
-    common = ["--input", str(tmp_path / "in"), "--outputs", "alpha", "--size", str(SIZE), "--quiet", "--threads", "1"]
-    assert apply.main([*common, "--model", weights, "--output", str(tmp_path / "pt")]) == 0
-    assert apply.main([*common, "--model", onnx_file, "--output", str(tmp_path / "onnx")]) == 0
-    for path in images:
-        name = os.path.basename(path).replace(".jpg", ".png")
-        a = np.array(Image.open(tmp_path / "pt" / "alpha" / name), np.int16)
-        b = np.array(Image.open(tmp_path / "onnx" / "alpha" / name), np.int16)
+    pytorch, onnx = applied_alphas(weights, images, tmp_path / "pt"), applied_alphas(onnx_file, images, tmp_path / "onnx")
+    for a, b in zip(pytorch, onnx):
         assert a.shape == b.shape and np.abs(a - b).max() <= 1 and a.std() > 0.5
     arrays = [np.array(Image.open(p).convert("RGB")) for p in images]
     expected = predict_alphas(load_model(weights), arrays, size=SIZE)
@@ -354,13 +358,8 @@ def test_int8_export_calibrates_checks_and_runs_in_apply(weights, onnx_file, tmp
     assert sorted(os.listdir(tmp_path)) == ["calib", "m_int8.onnx"]  # no temporary left
     assert os.path.getsize(path) < 0.5 * os.path.getsize(onnx_file)  # int8 weights
     images = photos(str(tmp_path / "in"), count=2, shape=(80, 100))
-    common = ["--input", str(tmp_path / "in"), "--outputs", "alpha", "--size", str(SIZE), "--quiet", "--threads", "1"]
-    assert apply.main([*common, "--model", path, "--output", str(tmp_path / "int8")]) == 0
-    assert apply.main([*common, "--model", onnx_file, "--output", str(tmp_path / "fp32")]) == 0
-    for image in images:
-        name = os.path.basename(image).replace(".jpg", ".png")
-        a = np.array(Image.open(tmp_path / "int8" / "alpha" / name), np.int16)
-        b = np.array(Image.open(tmp_path / "fp32" / "alpha" / name), np.int16)
+    int8, fp32 = applied_alphas(path, images, tmp_path / "int8"), applied_alphas(onnx_file, images, tmp_path / "fp32")
+    for a, b in zip(int8, fp32):
         assert a.shape == b.shape and np.abs(a - b).mean() <= 2 and b.std() > 0.5
 
 
