@@ -258,7 +258,8 @@ def applied_alphas(model, images, output):
 
 def test_onnx_alphas_match_pytorch_in_apply_and_predict(onnx_file, weights, tmp_path):
     images = photos(str(tmp_path / "in"))
-    pytorch, onnx = applied_alphas(weights, images, tmp_path / "pt"), applied_alphas(onnx_file, images, tmp_path / "onnx")
+    pytorch = applied_alphas(weights, images, tmp_path / "pt")
+    onnx = applied_alphas(onnx_file, images, tmp_path / "onnx")
     for a, b in zip(pytorch, onnx):
         assert a.shape == b.shape and np.abs(a - b).max() <= 1 and a.std() > 0.5
     arrays = [np.array(Image.open(p).convert("RGB")) for p in images]
