@@ -96,7 +96,7 @@ def parse_args(argv=None):
                    help="fp32; bf16 (CUDA, or CPUs with AVX512-BF16/AMX); fp16 (CUDA)")
     p.add_argument("--refine", choices=REFINE_METHODS, default=DEFAULT_REFINE,
                    help="full-resolution alpha: none (the network's, resized), guided (fast guided filter), "
-                        f"matting (closed-form matting in the edge band) (default: {DEFAULT_REFINE}; see README)")
+                        f"matting (closed-form matting in the edge band) (default: {DEFAULT_REFINE}; see documents/refinement.md)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="images per network call (default: 1 on CPU, 8 on CUDA)")
     p.add_argument("--workers", type=positive_int, default=2, help="decoding threads (default: 2)")

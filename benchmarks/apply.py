@@ -37,7 +37,7 @@ The original (xuebinqin/U-2-Net ``u2net_test.py``), restated faithfully in ``run
 one worker); the literal original network (``tests/reference_u2net.py``); no ``no_grad`` (the
 original wraps inputs in ``Variable``, a no-op, so autograd records the forward); ``normPRED``
 min-max; the prediction resized back with PIL bilinear after re-reading the photo with skimage,
-saved as an RGB PNG. No real weights can be downloaded here, so both use the same random-init
+saved as an RGB PNG. The benchmark runs without downloads, so both use the same random-init
 U2NET weights, saved to a temporary file.
 """
 import argparse

@@ -51,8 +51,8 @@ class MattingDataset(Dataset):
     ``numpy.random.default_rng([seed, epoch, index])``, so ``ds[i]`` at a given epoch is the
     same in any process. Eval mode: ``load_full(i)`` through the eval preset, r = 1,
     deterministic. A file that fails at draw time is replaced by another index (drawn
-    deterministically), with one warning per file per process; after ``MAX_SUBSTITUTES``
-    failures in a row a ``RuntimeError`` lists them.
+    deterministically), with one warning per file per process; when the sample and ``MAX_SUBSTITUTES``
+    substitutes in a row fail, a ``RuntimeError`` lists them.
     """
 
     def __init__(self, root, split, image_size, crop_size, seed, augment):

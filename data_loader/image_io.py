@@ -43,8 +43,8 @@ MAX_PIXELS = 100_000_000
 """Default pixel limit (width x height as stored, after a JPEG's reduced-scale decoding).
 
 100 MP is above every full-frame camera (61 MP at most) and a phone's default output (12-50 MP),
-and still refuses the 144 MP bombs of issue 24. Reading costs about 29 bytes per pixel for an
-alpha and 63 with a cut-out (that issue's measures), so the limit keeps one photo under ~3 GB,
+and still refuses a 144 MP decompression bomb. Reading costs about 29 bytes per pixel for an
+alpha and 63 with a cut-out (measured with apply.py), so the limit keeps one photo under ~3 GB,
 ~6.3 GB with cut-outs: a 16 GB laptop survives it. 102 MP medium-format photos and the 200 MP
 modes of some phones need a larger ``max_pixels``. Pillow's own limit still applies above it:
 ``PIL.Image.MAX_IMAGE_PIXELS`` x 2 (179 MP by default) refuses even with a larger ``max_pixels``,

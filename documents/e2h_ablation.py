@@ -2,12 +2,12 @@
 
 Run from the repository root:
 
-    python documents/e2h_ablation.py                 # CPU scale (the published numbers), ~30 min on 2 shared cores
+    python documents/e2h_ablation.py                 # CPU scale (the published numbers; e2h_results.md gives the run's time)
     python documents/e2h_ablation.py --preset full \\
         --stage1-set dataset_path=/data/AISegment --set dataset_path=/data/paixin_comp_mod   # GPU, the seed's scale
     python documents/e2h_ablation.py --report-only   # table and figure again from the last runs
 
-The protocol (issue 16), run with the project's own scripts as subprocesses:
+The protocol, run with the project's own scripts as subprocesses:
 
 1. Data: the given datasets; else (small preset) synthetic portraits made by
    ``data_examples/make_examples.py``'s generator in both layouts, in ``<work>/data/``.

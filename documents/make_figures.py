@@ -2,7 +2,7 @@
 
     python documents/make_figures.py              # documents/datasets_example.png (seconds, CPU)
     python documents/make_figures.py --ablation   # + the e2h ablation (documents/e2h_ablation.py):
-                                                  #   documents/e2h_results.{csv,md,png} (~10 min, 2-core CPU)
+                                                  #   documents/e2h_results.{csv,md,png} (tens of minutes on a 2-core CPU)
     python documents/make_figures.py --ablation --preset full --init STAGE1.pth \\
         --set dataset_path=/data/paixin_comp_mod  # the same ablation at full scale, on a GPU
 

@@ -1,4 +1,4 @@
-"""Hostile and broken image files (issue 24, items 2 and 3): refused by name, cheaply.
+"""Hostile and broken image files (bombs, truncated files): refused by name, cheaply.
 
 Every file is made here, a few hundred bytes at most: decompression bombs (a header declaring
 far more pixels than the data holds), truncated PNGs and JPEGs that Pillow decodes without an
@@ -44,7 +44,8 @@ def jpeg_bytes(array, **options):
 
 
 def cut_with_end_marker(data, fraction=1 / 3):
-    """The first ``fraction`` of a JPEG with an end-of-image marker appended (issue 24's case)."""
+    """The first ``fraction`` of a JPEG with an end-of-image marker appended: a cut-off download
+    that a check for the end marker alone would pass."""
     return data[:int(len(data) * fraction)] + b"\xff\xd9"
 
 

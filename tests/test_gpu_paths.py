@@ -1,4 +1,4 @@
-"""What the first run on a CUDA machine would meet, checked on the CPU (issue 17).
+"""What the first run on a CUDA machine would meet, checked on the CPU.
 
 CUDA is mocked where a test needs it (``torch.cuda.is_available``, ``device_count``,
 ``set_device``, ``is_bf16_supported``); the mocked ``set_device`` refuses an unindexed device

@@ -1,4 +1,4 @@
-"""The layers of ../shared/DESIGN.md hold, read from every module's imports with ``ast``.
+"""The layers of the project (README, "Layout") hold, read from every module's imports with ``ast``.
 
 Bottom to top: the helper modules of ``utils/`` <- ``model``, ``data_loader`` <-
 ``utils/inference`` <- ``utils/training`` <- the scripts, ``benchmarks/``, ``documents/`` and
