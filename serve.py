@@ -56,7 +56,15 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="as apply.py (default: fp32)")
     p.add_argument("--refine", choices=REFINE_METHODS, default=DEFAULT_REFINE,
                    help=f"default refinement of /api/matte and /api/remove (default: {DEFAULT_REFINE})")
-    p.add_argument("--threads", type=positive_int, default=None, help="the network's CPU threads (default: the core count)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads of each network call (default: an .onnx on a CPU cores / --networks, "
+                        "else the core count)")
+    p.add_argument("--networks", type=positive_int, default=None,
+                   help="network calls at once (default: an .onnx on a CPU one per core up to 4, or cores / "
+                        "--threads; else 1)")
+    p.add_argument("--static-shapes", type=int, default=None,
+                   help="an .onnx on a CPU: input shapes given fixed-shape sessions for /api/remove (faster; alphas "
+                        "within 3e-8 of the dynamic graph's; 0: off; default: 4 on a CPU, else 0)")
     p.add_argument("--max-batch", type=int, default=None,
                    help="photos per network call at most (default: as apply.py's --batch-size, 1 on a CPU, 8 on CUDA)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
@@ -94,6 +102,7 @@ def main(argv=None):
                         max_queue=args.max_queue, timeout_s=args.timeout)
         config = ServeConfig(model=args.model, size=args.size, resize=args.resize, device=args.device,
                              precision=args.precision, refine=args.refine, threads=args.threads,
+                             networks=args.networks, static_shapes=args.static_shapes,
                              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, pool=args.pool,
                              limits=limits, api_key=args.api_key or None, cors=tuple(args.cors))
         if args.workers < 1:

@@ -111,10 +111,10 @@ class Server:
             self.process.wait()
 
 
-def start_ours(onnx_path, workdir):
-    server = Server("serve.py", [sys.executable, os.path.join(REPO, "serve.py"), "--model", onnx_path,
-                                 "--host", HOST, "--port", "{port}", "--refine", "none", "--log-level", "warning"
-                                 ], cwd=workdir)
+def start_ours(onnx_path, workdir, extra=(), label="serve.py"):
+    server = Server(label, [sys.executable, os.path.join(REPO, "serve.py"), "--model", onnx_path,
+                            "--host", HOST, "--port", "{port}", "--refine", "none", "--log-level", "warning",
+                            *extra], cwd=workdir)
     server.wait_ready("/healthz")
     return server
 
@@ -240,6 +240,9 @@ def main():
     p.add_argument("--rembg-venv", default=os.path.join(tempfile.gettempdir(), "rembg-venv"),
                    help="rembg's own virtual environment, made on first use (default: %(default)s)")
     p.add_argument("--no-rembg", action="store_true", help="ours only")
+    p.add_argument("--ours", action="append", default=[], metavar="FLAGS",
+                   help="serve.py flags of one more of our servers, measured beside the default one (repeatable), "
+                        "e.g. --ours='--threads 2 --networks 1 --static-shapes 0'")
     args = p.parse_args()
 
     work = tempfile.mkdtemp(prefix="bench_serve_")
@@ -257,6 +260,9 @@ def main():
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     kinds = [k for k in args.kinds.split(",") if k]
     starters = [("serve.py", lambda: start_ours(onnx_path, work))]
+    for flags in args.ours:
+        starters.append((f"serve.py {flags}", lambda flags=flags: start_ours(onnx_path, work, flags.split(),
+                                                                              f"serve.py {flags}")))
     if not args.no_rembg:
         python = rembg_python(args.rembg_venv)
         starters.append((f"rembg s {REMBG_VERSION}", lambda: start_rembg(python, onnx_path, work)))
@@ -285,7 +291,7 @@ def main():
         for server in servers:
             server.stop()
     for label, start in starters:
-        if args.memory_requests:
+        if args.memory_requests and " --" not in label:  # the default server and rembg's, not the variants
             m = memory[label] = memory_run(start, photos, onnx_path, args.memory_requests)
             print(f"{label:16s} memory (fresh server, 8 clients): RSS after 100 {m['after_100']:.0f} MB, after "
                   f"{args.memory_requests} {m['final']:.0f} MB ({m['final'] / m['after_100'] - 1:+.1%}), peak "

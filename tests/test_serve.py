@@ -385,3 +385,72 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(weights, jpeg, tmp_p
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+# ---------------------------------------------------------------- an .onnx on a CPU: concurrent calls, fixed shapes
+@pytest.fixture(scope="module")
+def onnx_weights(weights, tmp_path_factory):
+    import export
+
+    path = str(tmp_path_factory.mktemp("onnx") / "u2netp.onnx")
+    assert export.main(["--model", weights, "--output", path, "--size", str(SIZE)]) == 0
+    return path
+
+
+def test_fixed_shape_sessions_match_the_dynamic_graph_and_are_bounded(onnx_weights):
+    from utils.inference.onnx_model import OnnxModel
+
+    model = OnnxModel(onnx_weights, threads=1)
+    view = model.static_view(1)
+    rng = np.random.default_rng(0)
+    one, two = (rng.normal(size=(n, 3, SIZE, SIZE)).astype(np.float32) for n in (1, 2))
+    assert np.abs(view(one) - model(one)).max() < 1e-5
+    assert view.fixed_shapes == [(1, SIZE, SIZE)] and view.session_for((1, SIZE, SIZE)) is not model.session
+    # a second shape is past the limit of 1: it runs on the shared dynamic session, still right
+    assert np.abs(view(two) - model(two)).max() < 1e-5 and view.session_for((2, SIZE, SIZE)) is model.session
+    assert view.fixed_shapes == [(1, SIZE, SIZE)]
+    assert model.static_shapes == 0 and model.fixed_shapes == []  # apply.py's model: the dynamic graph only
+    with pytest.raises(ValueError, match="static_shapes"):
+        model.static_view(-1)
+
+
+def test_network_threads_defaults():
+    from utils.serving.app import network_threads
+
+    config = ServeConfig()
+    assert network_threads(config, onnx=True, on_cpu=True, cores=2) == (1, 2)      # one 1-thread call per core
+    assert network_threads(config, onnx=True, on_cpu=True, cores=16) == (4, 4)     # at most 4 calls at once
+    assert network_threads(ServeConfig(threads=2), onnx=True, on_cpu=True, cores=2) == (2, 1)
+    assert network_threads(ServeConfig(networks=1), onnx=True, on_cpu=True, cores=4) == (4, 1)
+    assert network_threads(config, onnx=False, on_cpu=True, cores=2) == (None, 1)  # PyTorch: as apply.py
+    assert network_threads(config, onnx=True, on_cpu=False, cores=2) == (None, 1)  # a GPU
+    with pytest.raises(ValueError, match="--networks"):
+        ServeConfig(networks=0)
+    with pytest.raises(ValueError, match="--static-shapes"):
+        ServeConfig(static_shapes=-1)
+
+
+def test_an_onnx_server_runs_concurrent_calls_keeps_apply_pys_bytes_and_rembgs_route_is_fast(
+        tmp_path, onnx_weights):
+    photos = [encoded(photo(48 + 4 * i, 40 + 2 * i, seed=i), "JPEG", quality=95) for i in range(6)]
+    (tmp_path / "in").mkdir()
+    for i, data in enumerate(photos):
+        (tmp_path / "in" / f"p{i}.jpg").write_bytes(data)
+    assert apply.main(["--model", onnx_weights, "--quiet", "--size", str(SIZE), "--refine", "none",
+                       "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--outputs", "alpha"]) == 0
+    with serving(onnx_weights, size=None, threads=1, networks=2) as client:
+        info = client.get("/api/info").json()
+        assert info["networks"] == 2 and info["fixed_shapes"] == [[1, SIZE, SIZE]]  # opened at start-up
+        with ThreadPoolExecutor(6) as pool:
+            mattes = list(pool.map(lambda d: client.post("/api/matte", files=upload(d),
+                                                         data={"outputs": "alpha"}).content, photos))
+            masks = list(pool.map(lambda d: client.post("/api/remove", files=upload(d), data={"om": "true"}).content,
+                                  photos))
+        assert client.get("/healthz").json()["network"]["images"] == 12
+    for i, (matte, mask) in enumerate(zip(mattes, masks)):
+        # /api/matte, on the dynamic graph one thread per call: apply.py's file, byte for byte
+        assert matte == (tmp_path / "out" / "alpha" / f"p{i}.png").read_bytes(), i
+        # /api/remove, on the fixed-shape session: the same mask within the rounding of 3e-8
+        a, b = decoded(matte).astype(int), decoded(mask).astype(int)
+        assert a.shape == b.shape == (48 + 4 * i, 40 + 2 * i) and np.abs(a - b).max() <= 1
+    assert len({decoded(m).astype(float).mean().round(3) for m in mattes}) == len(photos)

@@ -32,6 +32,7 @@ from utils.constants import PRECISIONS, REFINE_METHODS, RESIZE_POLICIES
 from utils.inference.core import (MatteOptions, Matter, ModelOutputError, default_batch_size, load_model_file,
                                   refine_options)
 from utils.inference.files import OUTPUT_KINDS
+from utils.inference.onnx_model import is_onnx_path, load_any_model
 from utils.runs import find_weights, network_size
 
 from .batcher import Batcher
@@ -39,6 +40,7 @@ from .limits import ApiError, Limits, Occupancy, UploadGate, decode_upload, pars
 from .render import FORMATS, encode, full_alpha, rembg_output, render
 
 log = logging.getLogger("serve")
+MAX_NETWORKS = 4  # default concurrent network calls of an .onnx on a CPU (network_threads)
 CONFIG_ENV = "U2NET_SERVE_CONFIG"  # how uvicorn's worker processes get the settings (--workers)
 UPLOAD_ROUTES = ("/api/remove", "/api/matte")
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -54,9 +56,12 @@ class ServeConfig:
     """Everything a server process needs, as plain values (it travels to uvicorn's worker
     processes as JSON). model: a .pth or .onnx file, None for apply.py's choice (the newest
     trained best.pth); size None: the weights' training size (``utils.runs.network_size``);
-    refine: the default refinement; threads: the network's CPU threads (None: all cores);
-    max_batch/max_wait_ms: batching (max_batch None: apply.py's batch size, 1 on a CPU, 8 on
-    CUDA); pool: threads for decoding, refinement and encoding;
+    refine: the default refinement; threads: each network call's CPU threads and networks: the
+    network calls at once (None: ``network_threads``'s defaults: an .onnx on a CPU runs one
+    single-threaded call per core, up to 4, anything else one call on all cores); static_shapes: fixed-
+    shape onnxruntime sessions for rembg's route (None: 4 for an .onnx on a CPU, else 0; see
+    ``OnnxModel``); max_batch/max_wait_ms: batching (max_batch None: apply.py's batch size, 1 on
+    a CPU, 8 on CUDA); pool: threads for decoding, refinement and encoding;
     api_key: required in the X-API-Key header of the upload routes when set; cors: allowed
     origins (none: no CORS headers)."""
     model: str | None = None
@@ -66,6 +71,8 @@ class ServeConfig:
     precision: str = "fp32"
     refine: str = "guided"
     threads: int | None = None
+    networks: int | None = None
+    static_shapes: int | None = None
     max_batch: int | None = None
     max_wait_ms: float = 5.0
     pool: int = 2
@@ -77,13 +84,15 @@ class ServeConfig:
         for name, allowed in (("resize", RESIZE_POLICIES), ("precision", PRECISIONS), ("refine", REFINE_METHODS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("max_batch", "pool"):
+        for name in ("max_batch", "pool", "networks"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise ValueError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
+        if self.static_shapes is not None and self.static_shapes < 0:
+            raise ValueError(f"--static-shapes must be >= 0, got {self.static_shapes}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -106,18 +115,71 @@ def resolve_model(config: ServeConfig) -> str:
     return path
 
 
-def load_matter(config: ServeConfig) -> tuple[Matter, str, str]:
-    """(the ``Matter`` of a server process, its weights' file, where its size came from), as
-    apply.py builds its own (``load_model_file``, the size by ``network_size``, the batch size as
-    apply.py's unless ``max_batch``); the Batcher's max batch is its ``options.batch_size``.
-    Raises ValueError naming the file."""
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def network_threads(config: ServeConfig, onnx: bool, on_cpu: bool, cores: int | None = None) -> tuple[int | None, int]:
+    """(CPU threads of each network call (None: the runtime's default, all cores), network calls
+    at once). An .onnx on a CPU: one single-threaded call per core (at most MAX_NETWORKS calls,
+    the cores shared among them) unless told (U2NETP at 320 on
+    two cores: 1.3x the throughput of one call on two threads, documents/serving.md); PyTorch
+    or a GPU: one call at a time, as apply.py runs."""
+    cores = cores or cpu_cores()
+    if not (onnx and on_cpu):
+        return config.threads, config.networks or 1
+    # at most MAX_NETWORKS calls by default: each holds its own activations (~150 MB for U2NETP at 320)
+    networks = config.networks or (max(1, cores // config.threads) if config.threads else min(cores, MAX_NETWORKS))
+    return config.threads or max(1, cores // networks), networks
+
+
+@dataclass
+class Loaded:
+    """A server process's model: ``matter`` (apply.py's, for /api/matte), ``fast`` (rembg's
+    route: ``matter`` itself unless fixed-shape sessions run it), the weights' ``path``, where
+    the size came from (``size_source``), network calls at once (``networks``) and the
+    fixed-shape ``OnnxModel`` view (``fixed``, None without one)."""
+    matter: Matter
+    fast: Matter
+    path: str
+    size_source: str
+    networks: int
+    fixed: object = None
+
+
+def load_matter(config: ServeConfig) -> Loaded:
+    """The model of a server process (``Loaded``), as apply.py builds its own (``load_model_file``,
+    the size by ``network_size``, the batch size as apply.py's unless ``max_batch``); the
+    Batcher's max batch is its ``options.batch_size``. For an .onnx on a CPU the second Matter
+    runs fixed-shape sessions (``static_shapes``) and is otherwise the first. Raises ValueError
+    naming the file."""
     path = resolve_model(config)
-    model, device = load_model_file(path, config.device, config.threads)
+    onnx = is_onnx_path(path)
+    on_cpu = config.device == "cpu" or (onnx and config.device == "auto")  # refined below for an .onnx
+    threads, networks = network_threads(config, onnx, on_cpu)
+    if onnx:
+        model = load_any_model(path, device=config.device, threads=threads)
+        device = model.device
+        if device != "cpu":  # onnxruntime-gpu took it: one call at a time on the device
+            threads, networks = config.threads, config.networks or 1
+    else:
+        model, device = load_model_file(path, config.device, threads)
     size, source = network_size(path, config.size, getattr(model, "input_size", None))
     options = MatteOptions(size=size, resize=config.resize, device=str(device), precision=config.precision,
                            batch_size=config.max_batch or default_batch_size(device),
                            refine=refine_options(config.refine))
-    return Matter(model, options, copy_model=False), path, source
+    matter = Matter(model, options, copy_model=False)
+    static = config.static_shapes if config.static_shapes is not None else (4 if onnx and device == "cpu" else 0)
+    if not (onnx and static):
+        return Loaded(matter, matter, path, source, networks)
+    fixed = model.static_view(static)
+    if config.resize == "square":  # every photo's input is (1, size, size): opened now, not on the first request
+        fixed.session_for((1, size, size))
+    return Loaded(matter, Matter(fixed, options, copy_model=False), path, source, networks, fixed)
 
 
 # ---------------------------------------------------------------- errors, in one place
@@ -159,13 +221,17 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        matter, path, size_source = load_matter(config)
-        app.state.matter = matter
-        app.state.batcher = Batcher(matter, matter.options.batch_size, config.max_wait_ms, config.pool)
+        loaded = load_matter(config)
+        matter, fast, path, size_source, networks = (loaded.matter, loaded.fast, loaded.path, loaded.size_source,
+                                                     loaded.networks)
+        app.state.matter, app.state.fixed = matter, loaded.fixed
+        app.state.batcher = Batcher(matter, matter.options.batch_size, config.max_wait_ms, config.pool,
+                                    networks=networks, fast=fast)
         runtime = matter.runtime if matter.runtime == "onnxruntime" else config.precision
-        log.info("serving %s (%s, %dx%d from %s) on %s, %s; refine %s; batches of up to %d",
-                 path, matter.arch, matter.options.size, matter.options.size, size_source,
-                 matter.device, runtime, config.refine, matter.options.batch_size)
+        log.info("serving %s (%s, %dx%d from %s) on %s, %s; refine %s; batches of up to %d, %d network call(s) "
+                 "at once%s", path, matter.arch, matter.options.size, matter.options.size, size_source,
+                 matter.device, runtime, config.refine, matter.options.batch_size, networks,
+                 "; fixed-shape sessions for /api/remove" if fast is not matter else "")
         try:
             yield
         finally:
@@ -187,13 +253,15 @@ def create_app(config: ServeConfig) -> FastAPI:
         if config.api_key and not secrets.compare_digest(request.headers.get("x-api-key", ""), config.api_key):
             raise ApiError(401, "missing or wrong API key: send it in the X-API-Key header")
 
-    async def photo_to_alpha(request: Request, data: bytes, method: str | None, options: dict | None = None):
-        """(photo uint8 (H,W,3), alpha float32 (H,W)) of an upload, under the request time limit."""
+    async def photo_to_alpha(request: Request, data: bytes, method: str | None, options: dict | None = None,
+                             exact: bool = True):
+        """(photo uint8 (H,W,3), alpha float32 (H,W)) of an upload, under the request time limit;
+        ``exact`` False: the network by the batcher's fast Matter (rembg's route)."""
         batcher, matter = request.app.state.batcher, request.app.state.matter
 
         async def work():
             image = await batcher.run(decode_upload, data, config.limits.max_pixels)
-            coarse = await batcher.coarse(image)
+            coarse = await batcher.coarse(image, exact)
             return image, await batcher.run(full_alpha, matter, image, coarse, method, options)
         return await within_time(work())
 
@@ -224,13 +292,15 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.get("/api/info", summary="The model served and the server's limits")
     async def info(request: Request):
-        matter = request.app.state.matter
+        matter, fixed = request.app.state.matter, request.app.state.fixed
         limits = config.limits
         return {"arch": matter.arch, "size": matter.options.size, "resize": matter.options.resize,
                 "device": matter.device, "precision": config.precision,
                 "runtime": matter.runtime,
                 "refine": config.refine, "refine_methods": list(REFINE_METHODS), "outputs": list(OUTPUT_KINDS),
                 "formats": list(FORMATS), "max_batch": matter.options.batch_size, "max_wait_ms": config.max_wait_ms,
+                "networks": request.app.state.batcher.networks,
+                "fixed_shapes": [list(shape) for shape in (fixed.fixed_shapes if fixed else [])],
                 "api_key_required": bool(config.api_key),
                 "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
                            "max_queue": limits.max_queue, "timeout_s": limits.timeout_s}}
@@ -261,7 +331,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         fields = rembg_fields(request, a=a, af=af, ab=ab, ae=ae, om=om, ppm=ppm)
         colour = parse_colour(bgc, "bgc") if bgc else None
         method, options = ("matting", matting_thresholds(fields)) if fields["a"] else (None, None)
-        image, alpha = await photo_to_alpha(request, await file.read(), method, options)
+        image, alpha = await photo_to_alpha(request, await file.read(), method, options, exact=False)
         batcher = request.app.state.batcher
         body, media_type = await within_time(batcher.run(
             lambda: encode(rembg_output(image, alpha, fields["om"], fields["ppm"], colour))))
