@@ -454,3 +454,38 @@ def test_an_onnx_server_runs_concurrent_calls_keeps_apply_pys_bytes_and_rembgs_r
         a, b = decoded(matte).astype(int), decoded(mask).astype(int)
         assert a.shape == b.shape == (48 + 4 * i, 40 + 2 * i) and np.abs(a - b).max() <= 1
     assert len({decoded(m).astype(float).mean().round(3) for m in mattes}) == len(photos)
+
+
+def test_the_batcher_gives_a_photo_alone_all_the_cores_and_a_crowd_the_narrow_calls():
+    from types import SimpleNamespace
+
+    from utils.serving.batcher import Batcher
+
+    class Recorder:
+        """A Matter's options and coarse(): the alphas say which Matter ran them."""
+        def __init__(self, value):
+            self.value, self.options = value, SimpleNamespace(batch_size=1, size=SIZE, resize="square")
+
+        def coarse(self, images):
+            return [np.full((2, 2), self.value, np.float32) for _ in images]
+
+    crowd = [False]
+    exact, fast, narrow = Recorder(0.0), Recorder(0.5), Recorder(1.0)
+    batcher = Batcher(exact, max_batch=1, max_wait_ms=0, workers=1, networks=2, fast=fast, narrow=narrow,
+                      crowded=lambda: crowd[0])
+    image = np.zeros((8, 8, 3), np.uint8)
+    try:
+        assert batcher.networks == 2
+        assert batcher.coarse_future(image).result(10)[0, 0] == 0.0               # apply.py's bytes: always exact
+        assert batcher.coarse_future(image, exact=False).result(10)[0, 0] == 0.5  # alone: all the cores
+        crowd[0] = True
+        assert batcher.coarse_future(image, exact=False).result(10)[0, 0] == 1.0  # others in the server: narrow
+    finally:
+        batcher.close()
+
+
+def test_a_default_onnx_server_opens_its_fixed_shape_sessions_at_start(onnx_weights, jpeg):
+    with serving(onnx_weights, size=None, networks=2) as client:
+        info = client.get("/api/info").json()
+        assert info["networks"] == 2 and info["fixed_shapes"] == [[1, SIZE, SIZE]]
+        assert client.post("/api/remove", files=upload(jpeg), data={"om": "true"}).status_code == 200

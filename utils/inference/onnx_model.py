@@ -59,14 +59,16 @@ def _providers(ort, device, path):
 # copy of the weights; peak 682 MB against 477 MB in process); memory patterns add ~35 MB for no
 # speed; no arena, the parallel executor and I/O binding were slower on the CPU.
 SESSION_DEFAULTS = {"graph_optimization_level": "all", "enable_mem_pattern": False,
-                    "enable_cpu_mem_arena": True, "execution_mode": "sequential", "inter_op_threads": 1}
+                    "enable_cpu_mem_arena": True, "execution_mode": "sequential", "inter_op_threads": 1,
+                    "spinning": True}
 _LEVELS = ("disable", "basic", "extended", "layout", "all")
 
 
 def session_options(ort, threads=None, **changes):
     """An ``ort.SessionOptions`` of ``SESSION_DEFAULTS`` with ``changes`` (same keys):
     graph_optimization_level in disable | basic | extended | layout | all, enable_mem_pattern,
-    enable_cpu_mem_arena (bools), execution_mode sequential | parallel, inter_op_threads (int);
+    enable_cpu_mem_arena (bools), execution_mode sequential | parallel, inter_op_threads (int),
+    spinning (bool: idle intra-op threads spin-wait for work; off, they yield the cores);
     ``threads``: intra-op threads (None: onnxruntime's default, one per core)."""
     unknown = set(changes) - set(SESSION_DEFAULTS)
     if unknown:
@@ -84,6 +86,8 @@ def session_options(ort, threads=None, **changes):
     options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if settings["execution_mode"] == "parallel"
                               else ort.ExecutionMode.ORT_SEQUENTIAL)
     options.inter_op_num_threads = int(settings["inter_op_threads"])
+    if not settings["spinning"]:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = int(threads)
     return options
@@ -199,13 +203,19 @@ class OnnxModel:
             raise ValueError(f"--precision {precision}: {self.path} runs at the precision it was exported with "
                              f"({self.precision}); for fp16 export with python export.py --precision fp16")
 
-    def static_view(self, static_shapes: int) -> "OnnxModel":
+    def static_view(self, static_shapes: int, threads: int | None = None, **session) -> "OnnxModel":
         """This model with ``static_shapes`` fixed-shape sessions of its own (see the class
-        docstring), sharing this one's dynamic session (no second copy of the weights for it)."""
+        docstring), sharing this one's dynamic session (no second copy of the weights for it);
+        ``threads``, ``session``: its fixed-shape sessions' intra-op threads and settings
+        (``session_options``' keys; None, none: this model's)."""
         if static_shapes < 0:
             raise ValueError(f"static_shapes must be >= 0, got {static_shapes}")
         view = copy.copy(self)
         view.static_shapes, view._static, view._static_lock = static_shapes, {}, threading.Lock()
+        unknown = set(session) - set(SESSION_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown onnxruntime session setting(s) {sorted(unknown)}")
+        view._open_args = (self._open_args[0] if threads is None else threads, {**self._open_args[1], **session})
         return view
 
     @property

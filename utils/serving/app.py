@@ -125,10 +125,11 @@ def cpu_cores() -> int:
 
 def network_threads(config: ServeConfig, onnx: bool, on_cpu: bool, cores: int | None = None) -> tuple[int | None, int]:
     """(CPU threads of each network call (None: the runtime's default, all cores), network calls
-    at once). An .onnx on a CPU: one single-threaded call per core (at most MAX_NETWORKS calls,
-    the cores shared among them) unless told (U2NETP at 320 on
-    two cores: 1.3x the throughput of one call on two threads, documents/serving.md); PyTorch
-    or a GPU: one call at a time, as apply.py runs."""
+    at once) while several photos are in the server. An .onnx on a CPU: one single-threaded call
+    per core (at most MAX_NETWORKS calls, the cores shared among them) unless told (U2NETP at 320
+    on two cores: more throughput than one call on two threads, documents/serving.md); a photo
+    alone still gets all the cores (the Batcher's ``fast`` Matter). PyTorch or a GPU: one call
+    at a time, as apply.py runs."""
     cores = cores or cpu_cores()
     if not (onnx and on_cpu):
         return config.threads, config.networks or 1
@@ -142,13 +143,16 @@ class Loaded:
     """A server process's model: ``matter`` (apply.py's, for /api/matte), ``fast`` (rembg's
     route: ``matter`` itself unless fixed-shape sessions run it), the weights' ``path``, where
     the size came from (``size_source``), network calls at once (``networks``) and the
-    fixed-shape ``OnnxModel`` view (``fixed``, None without one)."""
+    fixed-shape ``OnnxModel`` views (``fixed``: for a photo alone, on all the cores; ``narrow``
+    and its Matter ``fast_narrow``: while other calls run, ``--threads`` each; None without)."""
     matter: Matter
     fast: Matter
     path: str
     size_source: str
     networks: int
     fixed: object = None
+    fast_narrow: Matter | None = None
+    narrow: object = None
 
 
 def load_matter(config: ServeConfig) -> Loaded:
@@ -161,8 +165,9 @@ def load_matter(config: ServeConfig) -> Loaded:
     onnx = is_onnx_path(path)
     on_cpu = config.device == "cpu" or (onnx and config.device == "auto")  # refined below for an .onnx
     threads, networks = network_threads(config, onnx, on_cpu)
-    if onnx:
-        model = load_any_model(path, device=config.device, threads=threads)
+    if onnx:  # the dynamic graph (apply.py's bytes): all the cores unless --threads says
+        model = load_any_model(path, device=config.device,
+                               threads=config.threads or (threads if networks == 1 else None))
         device = model.device
         if device != "cpu":  # onnxruntime-gpu took it: one call at a time on the device
             threads, networks = config.threads, config.networks or 1
@@ -176,10 +181,16 @@ def load_matter(config: ServeConfig) -> Loaded:
     static = config.static_shapes if config.static_shapes is not None else (4 if onnx and device == "cpu" else 0)
     if not (onnx and static):
         return Loaded(matter, matter, path, source, networks)
-    fixed = model.static_view(static)
-    if config.resize == "square":  # every photo's input is (1, size, size): opened now, not on the first request
-        fixed.session_for((1, size, size))
-    return Loaded(matter, Matter(fixed, options, copy_model=False), path, source, networks, fixed)
+    # spinning off where narrow calls may run beside it: its idle threads would take their cores
+    hybrid = networks > 1 and not config.threads
+    fixed = model.static_view(static, spinning=False) if hybrid else model.static_view(static)
+    # a photo alone runs on all the cores (fixed), several on `threads` each (narrow); --threads: always that
+    narrow = model.static_view(static, threads) if hybrid else None
+    for view in (fixed, narrow):
+        if view is not None and config.resize == "square":  # every input is (1, size, size): opened now
+            view.session_for((1, size, size))
+    return Loaded(matter, Matter(fixed, options, copy_model=False), path, source, networks, fixed,
+                  Matter(narrow, options, copy_model=False) if narrow else None, narrow)
 
 
 # ---------------------------------------------------------------- errors, in one place
@@ -226,7 +237,8 @@ def create_app(config: ServeConfig) -> FastAPI:
                                                      loaded.networks)
         app.state.matter, app.state.fixed = matter, loaded.fixed
         app.state.batcher = Batcher(matter, matter.options.batch_size, config.max_wait_ms, config.pool,
-                                    networks=networks, fast=fast)
+                                    networks=networks, fast=fast, narrow=loaded.fast_narrow,
+                                    crowded=lambda: occupancy.in_server > 1)  # another request decoded or sent
         runtime = matter.runtime if matter.runtime == "onnxruntime" else config.precision
         log.info("serving %s (%s, %dx%d from %s) on %s, %s; refine %s; batches of up to %d, %d network call(s) "
                  "at once%s", path, matter.arch, matter.options.size, matter.options.size, size_source,

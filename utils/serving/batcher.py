@@ -7,7 +7,9 @@ arrives within ``max_wait_ms`` up to ``max_batch`` photos, and run them in one
 its photos cost one by one, and two single-threaded onnxruntime calls at once do more than one
 call on two threads: documents/serving.md). ``fast``, when given, is a second ``Matter`` on the
 same weights for requests that do not need apply.py's exact bytes (``coarse(image,
-exact=False)``: rembg's route), e.g. one whose .onnx sessions have fixed input shapes.
+exact=False)``: rembg's route), e.g. one whose .onnx sessions have fixed input shapes; and
+``narrow`` a third, for those same requests when other network calls run or wait (fewer CPU
+threads per call: one photo alone gets all the cores, several share them call by call).
 ``Batcher.run(fn, ...)`` runs the rest of a request's work (decoding, refinement, cut-outs,
 encoding) in a pool of ``workers`` threads, so a burst of requests never runs more CPU-heavy
 steps at once than the pool has threads.
@@ -62,17 +64,22 @@ class Batcher:
     ``max_batch``. max_batch: photos per network call, >= 1. max_wait_ms: how long the first
     photo of a batch waits for others, >= 0. workers: threads of the pool, >= 1. networks:
     network calls at once (threads taking the queue), >= 1. fast: a ``Matter`` of the same
-    options for ``coarse(..., exact=False)`` (None: ``matter`` for every photo).
+    options for ``coarse(..., exact=False)`` (None: ``matter`` for every photo). narrow: the
+    Matter of those photos while other calls run or wait, or ``crowded()`` (the server's count
+    of requests in it, say) is true (None: ``fast``).
     """
 
     def __init__(self, matter: Matter, max_batch: int = 4, max_wait_ms: float = 5.0, workers: int = 2,
-                 networks: int = 1, fast: Matter | None = None):
+                 networks: int = 1, fast: Matter | None = None, narrow: Matter | None = None,
+                 crowded=None):
         if max_batch < 1 or max_wait_ms < 0 or workers < 1 or networks < 1:
             raise ValueError(f"need max_batch >= 1, max_wait_ms >= 0, workers >= 1, networks >= 1; got {max_batch}, "
                              f"{max_wait_ms}, {workers}, {networks}")
         if matter.options.batch_size < max_batch:
             raise ValueError(f"the Matter's batch_size {matter.options.batch_size} is below max_batch {max_batch}")
         self.matter, self.fast = matter, fast or matter
+        self.narrow, self._crowded = narrow or self.fast, crowded or (lambda: False)
+        self._running = 0  # network calls running now
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
         self.stats = BatchStats()
         self._stats_lock = threading.Lock()
@@ -140,12 +147,21 @@ class Batcher:
         while not stop:
             batch, stop = self._take_batch()
             batch = [entry for entry in batch if entry[1].set_running_or_notify_cancel()]
-            matters = (self.matter,) if self.fast is self.matter else (self.matter, self.fast)
-            for matter in matters:  # the exact photos, then the others
-                group = [(image, future) for image, future, exact in batch
-                         if (self.matter if exact else self.fast) is matter]
-                if group:
-                    self._run(matter, group)
+            if not batch:
+                continue
+            with self._stats_lock:
+                # others running or waiting: the few-threaded Matter; a photo alone: all the cores
+                busy = self._running > 0 or not self._queue.empty() or self._crowded()
+                self._running += 1
+            try:
+                exact = [(image, future) for image, future, is_exact in batch if is_exact]
+                others = [(image, future) for image, future, is_exact in batch if not is_exact]
+                for matter, group in ((self.matter, exact), (self.narrow if busy else self.fast, others)):
+                    if group:
+                        self._run(matter, group)
+            finally:
+                with self._stats_lock:
+                    self._running -= 1
 
     def _run(self, matter: Matter, batch: list) -> None:
         # photos of one shape next to each other: Matter.coarse makes one call per run of equal shapes
