@@ -4,6 +4,7 @@
     python benchmarks/serve.py --requests 24 --memory-requests 400 --kinds mask
     python benchmarks/serve.py --memory-requests 2000  # the issue's memory check (long)
     python benchmarks/serve.py --no-rembg              # ours only
+    python benchmarks/serve.py --kinds mask --ours='--threads 2 --networks 1'   # a variant of ours beside
 
 What it does: makes ``--photos`` synthetic photo-like JPEGs (benchmarks/apply.py's, at
 ``--photo-size``), saves random weights of ``--arch`` and exports them with export.py; starts
@@ -18,7 +19,8 @@ peak (VmHWM). rembg 2.0.86 runs from its own virtual environment, made on first 
 ``--rembg-venv`` (``pip install "rembg[cpu,cli]==2.0.86"``; rembg's server needs its CLI extras),
 with ``-m u2net_custom`` and the .onnx passed as rembg's clients pass it (form ``model``,
 query ``extras={"model_path": ...}``). Our server runs with ``--refine none`` (the same work as
-rembg's: the network's alpha resized) and its other defaults.
+rembg's: the network's alpha resized) and its other defaults; each ``--ours FLAGS`` adds one more
+of our servers with those flags to the throughput cells (not to the memory run).
 
 The machine is shared: the table prints ``uptime``'s load averages beside the figures. Compare
 ratios within one run.
