@@ -195,7 +195,8 @@ def load_matter(config: ServeConfig) -> Loaded:
 def warm_up(model, fixed, narrow, size: int, networks: int) -> None:
     """Run a (1,3,size,size) zero input through each session, the narrow one from ``networks``
     threads at once: onnxruntime's arenas grow to what concurrent calls need at start-up, not
-    over the first few hundred requests (RSS +35 % from the 100th to the 300th without)."""
+    over the first few hundred requests (RSS +35 % from the 100th to the 2,000th without, +1 %
+    with: documents/serving.md)."""
     from concurrent.futures import ThreadPoolExecutor
 
     zeros = np.zeros((1, 3, size, size), np.float32)
