@@ -2,7 +2,7 @@
 
     python benchmarks/serve.py                         # U2NETP, random weights: ~8 min on 2 busy cores
     python benchmarks/serve.py --requests 24 --memory-requests 400 --kinds mask
-    python benchmarks/serve.py --memory-requests 2000  # the memory check (long)
+    python benchmarks/serve.py --memory-requests 2000  # the 2,000-request memory check (long)
     python benchmarks/serve.py --no-rembg              # ours only
     python benchmarks/serve.py --kinds mask --ours='--threads 2 --networks 1'   # a variant of ours beside
 
@@ -238,7 +238,7 @@ def main():
     p.add_argument("--kinds", default="mask,cutout", help="request kinds: mask (om=true), cutout (default: both)")
     p.add_argument("--memory-requests", type=int, default=200,
                    help="mask requests of the memory run, on a fresh server, concurrency 8 (default: 200; the "
-                        "issue's check: 2000)")
+                        "steady-memory check: 2000)")
     p.add_argument("--rembg-venv", default=os.path.join(tempfile.gettempdir(), "rembg-venv"),
                    help="rembg's own virtual environment, made on first use (default: %(default)s)")
     p.add_argument("--no-rembg", action="store_true", help="ours only")
