@@ -276,3 +276,41 @@ def test_test_stage2_passes_refine_through(weights, folders, tmp_path, one_threa
     with pytest.raises(SystemExit):
         test_stage2.main(["--images", str(folders / "images"), "--alphas", str(folders / "alphas"),
                           "--set", "refine=sharpen"])
+
+
+def test_linear_upsample_brings_back_strands_the_working_size_blurs():
+    # a photo composited from a flat foreground colour over a flat background: alpha is exactly
+    # linear in the colour, so the (a, b) fitted at a quarter of the size on the area-shrunk
+    # alpha give the full-size alpha back, thin strands included, where a resize blurs them
+    from utils.inference.refine import _linear_upsample
+    truth = scene()[1]
+    photo = truth[..., None] * np.float32([230, 190, 60]) + (1 - truth[..., None]) * np.float32([40, 70, 150])
+    photo = np.clip(photo + 0.5, 0, 255).astype(np.uint8)
+    small = cv2.resize(photo, (W // 4, H // 4), interpolation=cv2.INTER_AREA)
+    alpha_small = cv2.resize(truth, (W // 4, H // 4), interpolation=cv2.INTER_AREA)
+    out = _linear_upsample(photo, small, alpha_small, 1, 1e-5, 4)
+    assert out.shape == (H, W) and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+    linear = np.abs(out - truth).mean()
+    resized = np.abs(alpha_to_size(alpha_small, H, W) - truth).mean()
+    assert linear < 0.005 and linear < 0.1 * resized, (linear, resized)
+
+
+def test_matting_linear_upsampling_is_the_default_and_the_full_size_solve_an_option(example):
+    photo, truth, coarse = example
+    none = matting_metrics(refine_alpha(photo, coarse, "none"), truth)
+    linear = refine_alpha(photo, coarse, "matting", work_size=120)
+    levels = last_matting_stats()["levels"]
+    assert [level["shape"] for level in levels][-1] == (90, 120)  # solved at the working size only
+    solved = refine_alpha(photo, coarse, "matting", work_size=120, linear_radius=0)
+    assert last_matting_stats()["levels"][-1]["shape"] == (H, W)  # and again at full size
+    assert np.array_equal(linear, refine_alpha(photo, coarse, "matting", work_size=120, linear_radius=1))
+    for alpha in (linear, solved):
+        scores = matting_metrics(alpha, truth)
+        assert scores["sad"] < 0.75 * none["sad"] and scores["grad"] < 0.5 * none["grad"], scores
+    assert not np.array_equal(linear, solved)
+
+
+@pytest.mark.parametrize("options", [{"linear_radius": -1}, {"linear_radius": 1.5}, {"linear_eps": 0}])
+def test_bad_linear_options_are_errors_that_name_them(example, options):
+    with pytest.raises(ValueError, match=next(iter(options))):
+        refine_alpha(example[0], example[2], "matting", **options)

@@ -21,8 +21,12 @@ full-resolution alpha, three ways:
   (tests/test_refine.py checks it against pymatting's Laplacian). The system is solved by
   conjugate gradients with a symmetric Gauss-Seidel (SSOR) preconditioner, warm-started from the
   same problem solved at half and quarter size (``pyramid``), to a relative residual of ``tol``.
-  Photos longer than ``work_size`` are solved at that size first, then at full resolution on the
-  pixels that came out fractional there. Sure pixels are exactly 0 or 1. A band covering most of
+  Photos longer than ``work_size`` (768 px) are solved at that size, then brought to full
+  resolution by the solution's own local linear model: in each 3x3 working window closed-form
+  matting assumes alpha ~ a.I + b, so (a, b) are fitted to the working solution there (the
+  guided filter's least squares), resized and applied to the full-size colours inside the band
+  (``linear_radius`` 0 instead solves the full-size band again, seconds more and no better).
+  Sure pixels are exactly 0 or 1. A band covering most of
   the photo (a poor coarse alpha) falls back to ``guided`` with a warning.
   ``last_matting_stats()`` says what the last call did (band share, iterations, residual).
   documents/refinement.md has the measurements.
@@ -65,8 +69,11 @@ MATTING_DEFAULTS = {
     "max_iter": 400,     # conjugate-gradient iterations at most (each level of the pyramid)
     "omega": 1.0,        # SSOR preconditioner's relaxation in (0, 2); 0: Jacobi's (the diagonal only)
     "pyramid": 3,        # levels of the coarse-to-fine warm start (1 = none): each halves the photo
-    "work_size": 2048,   # px: longer photos are solved at this long side first, then at full size
+    "work_size": 768,    # px: longer photos are solved at this long side, then brought to full size
     "margin": 1.0,       # working px: the full-size band around the working alpha's fractional pixels
+    "linear_radius": 1,  # working px; >= 1: bring the working solution to full size by its local linear model
+                         # alpha ~ a.I + b fitted in windows of this radius; 0: solve the full-size band again
+    "linear_eps": 1e-5,  # regulariser of that fit, in (colour in [0,1])^2 (used when linear_radius >= 1)
 }
 
 
@@ -307,17 +314,21 @@ def _trimap(alpha, k, low, high):
     return fg, some & ~fg
 
 
-def _check_matting(band, min_margin, low, high, eps, max_band, tol, max_iter, omega, pyramid, work_size, margin):
+def _check_matting(band, min_margin, low, high, eps, max_band, tol, max_iter, omega, pyramid, work_size, margin,
+                   linear_radius=0, linear_eps=1e-5):
     problems = [name for name, ok in (
         ("band", band >= 0), ("min_margin", min_margin >= 1), ("low", 0 < low < high), ("high", low < high <= 1),
         ("eps", eps > 0), ("max_band", 0 < max_band <= 1), ("tol", 0 < tol < 1), ("max_iter", max_iter >= 1),
-        ("omega", 0 <= omega < 2), ("pyramid", 1 <= pyramid <= 8), ("work_size", work_size >= 8), ("margin", margin >= 0)) if not ok]
+        ("omega", 0 <= omega < 2), ("pyramid", 1 <= pyramid <= 8), ("work_size", work_size >= 8), ("margin", margin >= 0),
+        ("linear_radius", linear_radius >= 0 and float(linear_radius).is_integer()), ("linear_eps", linear_eps > 0)) if not ok]
     if problems:
         given = dict(band=band, min_margin=min_margin, low=low, high=high, eps=eps, max_band=max_band, tol=tol,
-                     max_iter=max_iter, omega=omega, pyramid=pyramid, work_size=work_size, margin=margin)
+                     max_iter=max_iter, omega=omega, pyramid=pyramid, work_size=work_size, margin=margin,
+                     linear_radius=linear_radius, linear_eps=linear_eps)
         raise ValueError("matting: bad option(s) " + ", ".join(f"{k}={given[k]!r}" for k in problems)
                          + " (need band >= 0, min_margin >= 1, 0 < low < high <= 1, eps > 0, 0 < max_band <= 1, "
-                           "0 < tol < 1, max_iter >= 1, 0 <= omega < 2, 1 <= pyramid <= 8, work_size >= 8, margin >= 0)")
+                           "0 < tol < 1, max_iter >= 1, 0 <= omega < 2, 1 <= pyramid <= 8, work_size >= 8, margin >= 0, "
+                           "linear_radius a whole number >= 0, linear_eps > 0)")
 
 
 def matting_refine(image, coarse, options):
@@ -325,18 +336,21 @@ def matting_refine(image, coarse, options):
     plus ``guided``, the guided filter's options (for the initial guess inside the band and the
     fall-back), as ``RefineOptions("matting").resolved`` holds them.
 
-    Photos longer than ``work_size`` are solved twice: first at a working resolution (long side
-    ``work_size``) on the trimap's band, then at full resolution on the pixels that came out
-    fractional there, ``margin`` working pixels around them, the working alpha resized as the
-    start and its sure pixels as the fixed ones. Each solve starts from the solution of the
-    same problem at half the resolution (``pyramid`` levels), so the conjugate gradients only
-    have the fine detail left to find.
+    Photos longer than ``work_size`` are solved at a working resolution (long side ``work_size``)
+    on the trimap's band, then brought to full resolution: with ``linear_radius`` >= 1 by the
+    local linear model fitted to that solution (``_linear_upsample``); with 0 by solving again at
+    full resolution on the pixels that came out fractional there, ``margin`` working pixels
+    around them, the working alpha resized as the start and its sure pixels as the fixed ones.
+    Each solve starts from the solution of the same problem at half the resolution (``pyramid``
+    levels), so the conjugate gradients only have the fine detail left to find.
     """
     guided = options["guided"]
     band, min_margin, low, high = options["band"], options["min_margin"], options["low"], options["high"]
     eps, max_band, tol, max_iter = options["eps"], options["max_band"], options["tol"], options["max_iter"]
     omega, pyramid, work_size, margin = options["omega"], options["pyramid"], options["work_size"], options["margin"]
-    _check_matting(band, min_margin, low, high, eps, max_band, tol, max_iter, omega, pyramid, work_size, margin)
+    linear_radius, linear_eps = options["linear_radius"], options["linear_eps"]
+    _check_matting(band, min_margin, low, high, eps, max_band, tol, max_iter, omega, pyramid, work_size, margin,
+                   linear_radius, linear_eps)
     height, width = image.shape[:2]
     levels = []
     _record(levels)
@@ -356,6 +370,9 @@ def matting_refine(image, coarse, options):
     if unknown.any():
         start = guided_refine(small, coarse, **guided)
         alpha = _solve_pyramid(small, unknown, fg, start, (eps, tol, max_iter, omega), pyramid, levels)
+    if scale < 1.0 and linear_radius >= 1:
+        _record(levels)
+        return _linear_upsample(image, small, alpha, int(linear_radius), linear_eps, margin / scale)
     if scale < 1.0:
         up = alpha_to_size(alpha, height, width)
         del alpha
@@ -366,6 +383,34 @@ def matting_refine(image, coarse, options):
             alpha = _solve_pyramid(image, unknown, fg, up, (eps, tol, max_iter, omega), 1, levels)
     _record(levels)
     return alpha
+
+
+def _linear_upsample(image, small, alpha, radius, eps, grow, rows=512):
+    """float32 (H,W) alpha in [0,1] from the working-size solution ``alpha`` (h,w) of ``small``
+    (uint8 (h,w,3), ``image`` resized): in every window of ``radius`` working px the closed-form
+    solution is close to a linear function of the colour, alpha ~ a.I + b (the model its Laplacian
+    is built on), so (a, b) are fitted per window by least squares with regulariser ``eps`` (the
+    guided filter's fit, the solution as its input), resized to full size and applied to the
+    full-size colours, inside the full-size band only (the working alpha's fractional pixels
+    grown by ``grow`` full-size px); elsewhere the resized working alpha (0 or 1 there)."""
+    height, width = image.shape[:2]
+    # float64: with eps near 1e-6 the float32 determinant of a flat window's covariance is 0/0
+    coef = _guided_coefficients(small.astype(np.float64) / 255.0, alpha.astype(np.float64), radius, eps)
+    coef = np.nan_to_num(coef, copy=False).astype(np.float32)
+    up = alpha_to_size(alpha, height, width)
+    _, unknown = _trimap(up, max(1, int(np.ceil(grow))), FRACTIONAL, 1 - FRACTIONAL)
+    for top in range(0, height, rows):  # a strip at a time, as guided_refine, to bound the memory
+        bottom = min(height, top + rows)
+        band = unknown[top:bottom]
+        if not band.any():
+            continue
+        strip = _upsample_rows(coef, height, width, top, bottom)
+        pixels = image[top:bottom].astype(np.float32) * np.float32(1 / 255)
+        q = strip[..., 3]
+        for k in range(3):
+            q += strip[..., k] * pixels[..., k]
+        up[top:bottom][band] = np.clip(q[band], 0.0, 1.0)
+    return up
 
 
 def _solve_pyramid(image, unknown, fg, start, solver, depth, levels):
