@@ -83,18 +83,22 @@ def test_guided_and_matting_are_closer_to_the_truth_than_none(example):
 
 def test_matting_sure_regions_are_exactly_0_and_1(example):
     photo, _, coarse = example
-    alpha = refine_alpha(photo, coarse, "matting")
+    alpha = refine_alpha(photo, coarse, "matting", work_scale=1.0)  # solved at full size: the trimap is this one
     options = {k: MATTING_DEFAULTS[k] for k in ("band", "low", "high", "min_margin")}
     fg, unknown = trimap_from_coarse(coarse, H, W, **options)
     assert fg.any() and (~fg & ~unknown).any() and unknown.any()
     assert (alpha[fg] == 1.0).all() and (alpha[~fg & ~unknown] == 0.0).all()
     fractional = (alpha > 0) & (alpha < 1)
     assert fractional.any() and not (fractional & ~unknown).any()
+    # at half size (the default) the band is the working one's: still exactly 0 and 1 around it
+    half = refine_alpha(photo, coarse, "matting")
+    far = cv2.erode((~unknown).view(np.uint8), np.ones((9, 9), np.uint8)).view(bool)
+    assert set(np.unique(half[far])) == {0.0, 1.0} and ((half > 0) & (half < 1)).any()
 
 
 def test_matting_in_two_levels_for_photos_longer_than_its_working_size(example):
     photo, truth, coarse = example
-    one = refine_alpha(photo, coarse, "matting")
+    one = refine_alpha(photo, coarse, "matting", work_scale=1.0)
     two = refine_alpha(photo, coarse, "matting", work_size=160)
     none = matting_metrics(refine_alpha(photo, coarse, "none"), truth)["sad"]
     assert matting_metrics(two, truth)["sad"] < 0.75 * none
@@ -163,7 +167,7 @@ def test_the_band_solve_is_closed_form_matting_and_converges_to_the_residual_it_
     A, b = _band_system(photo, fg, unknown, 1e-7)
     exact = spsolve(A.tocsc(), b)
     for omega in (1.0, 0.0):  # SSOR and Jacobi preconditioners reach the same solution
-        alpha = refine_alpha(photo, coarse, "matting", tol=1e-8, max_iter=5000, omega=omega, pyramid=1)
+        alpha = refine_alpha(photo, coarse, "matting", tol=1e-8, max_iter=5000, omega=omega, pyramid=1, work_scale=1.0)
         stats = last_matting_stats()
         assert stats["iterations"] < 5000 and stats["residual"] <= 1e-8 * 1.001
         assert abs(stats["band_share"] - unknown.mean()) < 1e-9
@@ -171,7 +175,7 @@ def test_the_band_solve_is_closed_form_matting_and_converges_to_the_residual_it_
         assert np.abs(alpha[unknown] - np.clip(exact, 0, 1)).mean() < 1e-5
         assert (alpha[fg] == 1).all() and (alpha[~fg & ~unknown] == 0).all()
     # the reported residual is the true one: recomputed from pymatting's matrix on an early stop
-    early = refine_alpha(photo, coarse, "matting", tol=1e-2, pyramid=1)
+    early = refine_alpha(photo, coarse, "matting", tol=1e-2, pyramid=1, work_scale=1.0)
     stats = last_matting_stats()
     assert 1e-3 < stats["residual"] <= 1e-2 and stats["iterations"] >= 1
     assert np.abs(early[unknown] - np.clip(exact, 0, 1)).mean() > 1e-4
@@ -182,7 +186,7 @@ def test_ssor_and_the_warm_start_need_fewer_iterations_than_jacobi(example):
     counts = {}
     for name, options in (("jacobi", dict(omega=0.0, pyramid=1)), ("ssor", dict(omega=1.0, pyramid=1)),
                           ("ssor+pyramid", dict(omega=1.0, pyramid=3))):
-        refine_alpha(photo, coarse, "matting", tol=1e-6, max_iter=3000, **options)
+        refine_alpha(photo, coarse, "matting", tol=1e-6, max_iter=3000, work_scale=1.0, **options)
         stats = last_matting_stats()
         assert stats["residual"] <= 1e-6 * 1.001
         counts[name] = stats["levels"][-1]["iterations"]  # at full size
@@ -310,7 +314,8 @@ def test_matting_linear_upsampling_is_the_default_and_the_full_size_solve_an_opt
     assert not np.array_equal(linear, solved)
 
 
-@pytest.mark.parametrize("options", [{"linear_radius": -1}, {"linear_radius": 1.5}, {"linear_eps": 0}])
+@pytest.mark.parametrize("options", [{"linear_radius": -1}, {"linear_radius": 1.5}, {"linear_eps": 0},
+                                     {"work_scale": 0}, {"work_scale": 1.5}])
 def test_bad_linear_options_are_errors_that_name_them(example, options):
     with pytest.raises(ValueError, match=next(iter(options))):
         refine_alpha(example[0], example[2], "matting", **options)

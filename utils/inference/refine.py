@@ -21,13 +21,14 @@ full-resolution alpha, three ways:
   (tests/test_refine.py checks it against pymatting's Laplacian). The system is solved by
   conjugate gradients with a symmetric Gauss-Seidel (SSOR) preconditioner, warm-started from the
   same problem solved at half and quarter size (``pyramid``), to a relative residual of ``tol``.
-  Photos longer than ``work_size`` (768 px) are solved at that size, then brought to full
-  resolution by the solution's own local linear model: in each 3x3 working window closed-form
-  matting assumes alpha ~ a.I + b, so (a, b) are fitted to the working solution there (the
-  guided filter's least squares), resized and applied to the full-size colours inside the band
-  (``linear_radius`` 0 instead solves the full-size band again, seconds more and no better).
-  Sure pixels are exactly 0 or 1. A band covering most of
-  the photo (a poor coarse alpha) falls back to ``guided`` with a warning.
+  It is solved at a working size (long side at most 768 px, ``work_size``, and at most half the
+  photo's, ``work_scale``), then brought to full resolution by the solution's own local linear
+  model: closed-form matting assumes alpha ~ a.I + b in each 3x3 window, so (a, b) are fitted to
+  the working solution there (the guided filter's least squares), resized and applied to the
+  full-size colours inside the band; thin strands come back from the full-size colours.
+  (``linear_radius`` 0 instead solves the full-size band again: seconds more, and no better.)
+  Sure pixels are exactly 0 or 1. A band covering most of the photo (a poor coarse alpha) falls
+  back to ``guided`` with a warning.
   ``last_matting_stats()`` says what the last call did (band share, iterations, residual).
   documents/refinement.md has the measurements.
 
@@ -46,7 +47,7 @@ from types import MappingProxyType
 
 import cv2
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from utils.constants import REFINE_METHODS
 
@@ -70,6 +71,7 @@ MATTING_DEFAULTS = {
     "omega": 1.0,        # SSOR preconditioner's relaxation in (0, 2); 0: Jacobi's (the diagonal only)
     "pyramid": 3,        # levels of the coarse-to-fine warm start (1 = none): each halves the photo
     "work_size": 768,    # px: longer photos are solved at this long side, then brought to full size
+    "work_scale": 0.5,   # and every photo at most at this fraction of its size (1: small photos at full size)
     "margin": 1.0,       # working px: the full-size band around the working alpha's fractional pixels
     "linear_radius": 1,  # working px; >= 1: bring the working solution to full size by its local linear model
                          # alpha ~ a.I + b fitted in windows of this radius; 0: solve the full-size band again
@@ -315,20 +317,21 @@ def _trimap(alpha, k, low, high):
 
 
 def _check_matting(band, min_margin, low, high, eps, max_band, tol, max_iter, omega, pyramid, work_size, margin,
-                   linear_radius=0, linear_eps=1e-5):
+                   linear_radius=1, linear_eps=1e-5, work_scale=0.5):
     problems = [name for name, ok in (
         ("band", band >= 0), ("min_margin", min_margin >= 1), ("low", 0 < low < high), ("high", low < high <= 1),
         ("eps", eps > 0), ("max_band", 0 < max_band <= 1), ("tol", 0 < tol < 1), ("max_iter", max_iter >= 1),
         ("omega", 0 <= omega < 2), ("pyramid", 1 <= pyramid <= 8), ("work_size", work_size >= 8), ("margin", margin >= 0),
-        ("linear_radius", linear_radius >= 0 and float(linear_radius).is_integer()), ("linear_eps", linear_eps > 0)) if not ok]
+        ("linear_radius", linear_radius >= 0 and float(linear_radius).is_integer()), ("linear_eps", linear_eps > 0),
+        ("work_scale", 0 < work_scale <= 1)) if not ok]
     if problems:
         given = dict(band=band, min_margin=min_margin, low=low, high=high, eps=eps, max_band=max_band, tol=tol,
                      max_iter=max_iter, omega=omega, pyramid=pyramid, work_size=work_size, margin=margin,
-                     linear_radius=linear_radius, linear_eps=linear_eps)
+                     linear_radius=linear_radius, linear_eps=linear_eps, work_scale=work_scale)
         raise ValueError("matting: bad option(s) " + ", ".join(f"{k}={given[k]!r}" for k in problems)
                          + " (need band >= 0, min_margin >= 1, 0 < low < high <= 1, eps > 0, 0 < max_band <= 1, "
                            "0 < tol < 1, max_iter >= 1, 0 <= omega < 2, 1 <= pyramid <= 8, work_size >= 8, margin >= 0, "
-                           "linear_radius a whole number >= 0, linear_eps > 0)")
+                           "linear_radius a whole number >= 0, linear_eps > 0, 0 < work_scale <= 1)")
 
 
 def matting_refine(image, coarse, options):
@@ -336,8 +339,8 @@ def matting_refine(image, coarse, options):
     plus ``guided``, the guided filter's options (for the initial guess inside the band and the
     fall-back), as ``RefineOptions("matting").resolved`` holds them.
 
-    Photos longer than ``work_size`` are solved at a working resolution (long side ``work_size``)
-    on the trimap's band, then brought to full resolution: with ``linear_radius`` >= 1 by the
+    Photos are solved at a working resolution (long side ``work_size``, at most ``work_scale`` of
+    the photo's) on the trimap's band, then brought to full resolution: with ``linear_radius`` >= 1 by the
     local linear model fitted to that solution (``_linear_upsample``); with 0 by solving again at
     full resolution on the pixels that came out fractional there, ``margin`` working pixels
     around them, the working alpha resized as the start and its sure pixels as the fixed ones.
@@ -348,15 +351,17 @@ def matting_refine(image, coarse, options):
     band, min_margin, low, high = options["band"], options["min_margin"], options["low"], options["high"]
     eps, max_band, tol, max_iter = options["eps"], options["max_band"], options["tol"], options["max_iter"]
     omega, pyramid, work_size, margin = options["omega"], options["pyramid"], options["work_size"], options["margin"]
-    linear_radius, linear_eps = options["linear_radius"], options["linear_eps"]
+    linear_radius, linear_eps, work_scale = options["linear_radius"], options["linear_eps"], options["work_scale"]
     _check_matting(band, min_margin, low, high, eps, max_band, tol, max_iter, omega, pyramid, work_size, margin,
-                   linear_radius, linear_eps)
+                   linear_radius, linear_eps, work_scale)
     height, width = image.shape[:2]
     levels = []
     _record(levels)
     if min(height, width) < 3:  # no 3x3 window fits: nothing to solve
         return guided_refine(image, coarse, **guided)
-    scale = min(1.0, work_size / max(height, width))
+    scale = min(1.0, work_size / max(height, width), work_scale)
+    if min(height, width) * scale < 3:
+        scale = 1.0  # no 3x3 window fits at the working size
     small = image if scale == 1.0 else _resize(image, max(1, round(height * scale)), max(1, round(width * scale)))
     fg, unknown = trimap_from_coarse(coarse, *small.shape[:2], band=band, low=low, high=high,
                                      min_margin=max(1, int(round(min_margin * scale))))
@@ -385,7 +390,7 @@ def matting_refine(image, coarse, options):
     return alpha
 
 
-def _linear_upsample(image, small, alpha, radius, eps, grow, rows=512):
+def _linear_upsample(image, small, alpha, radius, eps, grow):
     """float32 (H,W) alpha in [0,1] from the working-size solution ``alpha`` (h,w) of ``small``
     (uint8 (h,w,3), ``image`` resized): in every window of ``radius`` working px the closed-form
     solution is close to a linear function of the colour, alpha ~ a.I + b (the model its Laplacian
@@ -396,21 +401,40 @@ def _linear_upsample(image, small, alpha, radius, eps, grow, rows=512):
     height, width = image.shape[:2]
     # float64: with eps near 1e-6 the float32 determinant of a flat window's covariance is 0/0
     coef = _guided_coefficients(small.astype(np.float64) / 255.0, alpha.astype(np.float64), radius, eps)
-    coef = np.nan_to_num(coef, copy=False).astype(np.float32)
+    coef = np.ascontiguousarray(np.nan_to_num(coef, copy=False), dtype=np.float32)
     up = alpha_to_size(alpha, height, width)
     _, unknown = _trimap(up, max(1, int(np.ceil(grow))), FRACTIONAL, 1 - FRACTIONAL)
-    for top in range(0, height, rows):  # a strip at a time, as guided_refine, to bound the memory
-        bottom = min(height, top + rows)
-        band = unknown[top:bottom]
-        if not band.any():
-            continue
-        strip = _upsample_rows(coef, height, width, top, bottom)
-        pixels = image[top:bottom].astype(np.float32) * np.float32(1 / 255)
-        q = strip[..., 3]
-        for k in range(3):
-            q += strip[..., k] * pixels[..., k]
-        up[top:bottom][band] = np.clip(q[band], 0.0, 1.0)
+    _apply_linear(coef, image, unknown, up)
     return up
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _apply_linear(coef, image, unknown, out):
+    """out[y, x] = clip(a . I + b, 0, 1) at the ``unknown`` (bool (H,W)) pixels, with (a, b) =
+    ``coef`` (float32 (h,w,4)) resized bilinearly as cv2.resize(INTER_LINEAR) would (half-pixel
+    centres, edges replicated) and I = ``image`` (uint8 (H,W,3)) / 255; rows in parallel, only
+    the band's pixels touched (a full-size resize of the four planes costs 5x more)."""
+    h, w = coef.shape[0], coef.shape[1]
+    height, width = out.shape
+    sy, sx = h / height, w / width
+    for y in prange(height):
+        fy = min(max((y + 0.5) * sy - 0.5, 0.0), h - 1.0)
+        y0 = int(fy)
+        y1 = min(y0 + 1, h - 1)
+        wy = fy - y0
+        for x in range(width):
+            if not unknown[y, x]:
+                continue
+            fx = min(max((x + 0.5) * sx - 0.5, 0.0), w - 1.0)
+            x0 = int(fx)
+            x1 = min(x0 + 1, w - 1)
+            wx = fx - x0
+            q = 0.0
+            for k in range(4):
+                c = ((coef[y0, x0, k] * (1 - wx) + coef[y0, x1, k] * wx) * (1 - wy)
+                     + (coef[y1, x0, k] * (1 - wx) + coef[y1, x1, k] * wx) * wy)
+                q += c * (image[y, x, k] / 255.0 if k < 3 else 1.0)
+            out[y, x] = min(max(q, 0.0), 1.0)
 
 
 def _solve_pyramid(image, unknown, fg, start, solver, depth, levels):
