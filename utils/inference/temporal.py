@@ -2,9 +2,11 @@
 
 A stabiliser is the core's ``adjust`` hook (``Matter.stream(..., adjust=stabiliser)``): called
 once per frame, in order, with the frame (uint8 RGB (H,W,3)) and the network's alpha (float32
-(h,w) in [0,1] at the network's size), it returns the alpha to refine. Its state (the previous
-frame's small gray image and its output alpha) is a value it keeps between calls (``state``),
-so one stabiliser serves one clip.
+(h,w) in [0,1] at the network's size), it returns the alpha to refine (float32 in [0,1]; the
+network's size for ``ema``, the stabiliser's working grid for ``flow``: refinement takes any
+size). It only looks back (no frame is held back: the stream's order and latency are as per
+frame). Its state (the previous frames it needs) is a value it keeps between calls
+(``state``), so one stabiliser serves one clip.
 
 Methods (``TEMPORAL_METHODS``; benchmarks/video.py measures them, documents/video.md has the
 table):
@@ -14,17 +16,31 @@ table):
   ``w = strength * exp(-(dI / image_tau)^2) * exp(-(dA / alpha_tau)^2)``: dI the frame's
   change at the pixel (gray, at the network's size), dA the alpha's. Where the picture moves
   the weight falls to 0, so a moving edge is never dragged behind; where it is still, the
-  flicker is averaged away.
-- ``flow``: the same blend after warping the previous output along the optical flow (OpenCV
-  DIS, ultrafast preset, between the small gray frames), gated by the warped frame's error: it
-  also steadies edges that move.
+  flicker is averaged away. No optical flow: the cheapest.
+- ``flow`` (the default): a window of the last ``window`` network alphas, each resized to a
+  working grid (the frame's aspect, long side ``grid`` px: the guided refinement's working
+  size, finer than the network's squashed 320x320) and warped to the current frame along the
+  optical flow between the frames (OpenCV DIS, medium preset, on the gray frames at long side
+  ``flow_size``), computed from the current frame to each past one directly (no chained
+  flows). In the edge band the flow is replaced by the foreground's own (``foreground_flow``):
+  the alpha moves with the person, while the flow at the person's edge mixes their motion with
+  the background's and drags the edge. Averaged with the weights ``exp(-(dA / alpha_tau)^2)``
+  (dA the warped alpha's difference from the current one, the current weighing 1): where the
+  flow still misplaces an edge the past frame drops out there; a past frame whose warped
+  picture does not match the current one (mean difference above ``cut``: a cut, a failed
+  flow) is left out altogether. A plain (not recursive) average
+  of alphas that are each resampled once: a recursive blend resamples its own output every
+  frame and blurs the edge a little more each time (measured: documents/video.md).
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from .preprocess import alpha_to_size
 
 TEMPORAL_METHODS = ("none", "ema", "flow")
 DEFAULT_TEMPORAL = "flow"
@@ -32,8 +48,16 @@ DEFAULT_TEMPORAL = "flow"
 
 @dataclass
 class TemporalState:
-    """What a stabiliser carries from one frame to the next: the small gray frame (float32
-    (h,w) in [0,1]) and the alpha it gave (float32 (h,w) in [0,1])."""
+    """What ``ema`` carries from one frame to the next: the small gray frame (float32 (h,w) in
+    [0,1]) and the alpha it gave (float32 (h,w) in [0,1])."""
+    gray: np.ndarray
+    alpha: np.ndarray
+
+
+@dataclass
+class PastFrame:
+    """One frame of ``flow``'s window: its gray frame at the flow's size (uint8 (fh,fw)) and
+    its network alpha on the working grid (float32 (gh,gw) in [0,1])."""
     gray: np.ndarray
     alpha: np.ndarray
 
@@ -48,6 +72,45 @@ def small_gray(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return gray.astype(np.float32) / 255.0
 
 
+def fit_long_side(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(h, w) of a (height, width) frame shrunk to ``long_side`` px on its long side (never
+    enlarged), aspect kept, at least 1 px."""
+    scale = min(1.0, long_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def warp(x: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """``x`` (h,w) float32 sampled at ``pixel + flow`` (flow float32 (h,w,2), x then y, in
+    pixels of x): bilinear, the border replicated."""
+    h, w = flow.shape[:2]
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(x, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def flow_to_grid(flow: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A flow field (fh,fw,2) in its own pixels -> (gh,gw,2) in the pixels of ``shape``
+    (resized bilinearly, the vectors scaled)."""
+    gh, gw = shape
+    fh, fw = flow.shape[:2]
+    out = flow if (fh, fw) == (gh, gw) else cv2.resize(flow, (gw, gh), interpolation=cv2.INTER_LINEAR)
+    out = out * np.float32([gw / fw, gh / fh])
+    return out.astype(np.float32)
+
+
+def foreground_flow(flow: np.ndarray, alpha: np.ndarray, sigma: float) -> np.ndarray:
+    """The flow of the foreground, spread over its edge band: inside ``sigma`` px of the sure
+    foreground (alpha > 0.95, eroded 1 px) the Gaussian-weighted mean of the foreground's own
+    flow (an alpha moves with the foreground, while the flow at an edge mixes it with the
+    background's); elsewhere the flow as it is. flow float32 (h,w,2), alpha (h,w)."""
+    sure = cv2.erode((alpha > 0.95).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
+    weight = cv2.GaussianBlur(sure, (0, 0), sigma)
+    spread = cv2.GaussianBlur(flow * sure[..., None], (0, 0), sigma)
+    near = weight > 1e-3
+    out = flow.copy()
+    out[near] = spread[near] / weight[near, None]
+    return out
+
+
 def blend(previous: np.ndarray, coarse: np.ndarray, image_change: np.ndarray, strength: float,
           image_tau: float, alpha_tau: float) -> np.ndarray:
     """``w * previous + (1 - w) * coarse``, w the motion gate (module docstring). float32 (h,w)."""
@@ -58,45 +121,73 @@ def blend(previous: np.ndarray, coarse: np.ndarray, image_change: np.ndarray, st
 
 class Stabiliser:
     """One clip's stabiliser (``method`` of ``TEMPORAL_METHODS`` other than none); call it as
-    the core's ``adjust``: ``(item, image, coarse) -> coarse``. strength: the largest weight of
-    the past (0..1); image_tau, alpha_tau: the changes (in [0,1] units) at which the gate has
-    fallen to 1/e."""
+    the core's ``adjust``: ``(item, image, coarse) -> alpha``. alpha_tau: the alpha change (in
+    [0,1] units) at which a past frame's weight has fallen to 1/e (both methods). ``ema``:
+    strength, the largest weight of the past (0..1); image_tau, the picture's change at which
+    the gate has fallen to 1/e. ``flow``: window, the frames averaged (the current one
+    included, >= 1); grid, the working grid's long side (px); flow_size, the long side (px) the
+    flow is computed at; fg_sigma, the reach (px at a 320 px grid) of the foreground's flow over
+    its edge band (0: the flow as it is); cut, the mean |gray - the past gray warped| (in [0,1])
+    above which a past frame is left out (a cut)."""
 
     def __init__(self, method: str = DEFAULT_TEMPORAL, strength: float = 0.6, image_tau: float = 0.04,
-                 alpha_tau: float = 0.25):
+                 alpha_tau: float = 0.25, window: int = 3, grid: int = 512, flow_size: int = 640,
+                 fg_sigma: float = 6.0, cut: float = 0.1):
         if method not in TEMPORAL_METHODS or method == "none":
             raise ValueError(f"temporal method must be one of {TEMPORAL_METHODS[1:]}, got {method!r}")
         if not 0 <= strength < 1:
             raise ValueError(f"strength must be in [0, 1), got {strength}")
+        if not (isinstance(window, int) and window >= 1 and grid >= 8 and flow_size >= 8 and alpha_tau > 0):
+            raise ValueError(f"flow stabiliser needs window >= 1 (whole), grid >= 8, flow_size >= 8 and alpha_tau > 0, "
+                             f"got window={window!r}, grid={grid}, flow_size={flow_size}, alpha_tau={alpha_tau}")
         self.method, self.strength, self.image_tau, self.alpha_tau = method, strength, image_tau, alpha_tau
+        self.window, self.grid, self.flow_size, self.fg_sigma, self.cut = window, grid, flow_size, fg_sigma, cut
         self.state: TemporalState | None = None
+        self.past: deque[PastFrame] = deque(maxlen=max(1, window - 1))
         self._dis = None
 
     def __call__(self, item, image: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+        if self.method == "flow":
+            return self._window(image, coarse)
         gray = small_gray(image, coarse.shape)
         if self.state is None or self.state.gray.shape != gray.shape:
             out = coarse.astype(np.float32)
-        elif self.method == "ema":
+        else:
             change = cv2.blur(np.abs(gray - self.state.gray), (3, 3))
             out = blend(self.state.alpha, coarse, change, self.strength, self.image_tau, self.alpha_tau)
-        else:
-            previous, previous_gray = self._warp_back(gray)
-            change = cv2.blur(np.abs(gray - previous_gray), (3, 3))
-            out = blend(previous, coarse, change, self.strength, self.image_tau, self.alpha_tau)
         self.state = TemporalState(gray, out)
         return out
 
-    def _warp_back(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The previous alpha and gray frame moved to where this frame's pixels were."""
-        if self._dis is None:
-            self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
-        to_u8 = lambda x: np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8)  # noqa: E731
-        flow = self._dis.calc(to_u8(gray), to_u8(self.state.gray), None)  # this frame -> the previous
-        h, w = gray.shape
-        xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-        mx, my = xs + flow[..., 0], ys + flow[..., 1]
-        warp = lambda x: cv2.remap(x, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # noqa: E731
-        return warp(self.state.alpha), warp(self.state.gray)
+    def _window(self, image: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+        """``flow``: the gated average of the window's alphas warped to this frame (float32 on
+        the working grid)."""
+        height, width = image.shape[:2]
+        shape = fit_long_side(height, width, self.grid)
+        alpha = alpha_to_size(coarse, *shape)
+        fh, fw = fit_long_side(height, width, self.flow_size)
+        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        if gray.shape != (fh, fw):
+            gray = cv2.resize(gray, (fw, fh), interpolation=cv2.INTER_AREA)
+        if self.past and (self.past[-1].gray.shape != gray.shape or self.past[-1].alpha.shape != alpha.shape):
+            self.past.clear()  # the frame size changed: the past does not line up
+        total, weights = alpha.copy(), np.ones_like(alpha)
+        if self.window > 1:
+            if self._dis is None:
+                self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+            for frame in self.past:
+                flow = self._dis.calc(gray, frame.gray, None)  # this frame -> that one
+                mismatch = np.abs(warp(frame.gray.astype(np.float32), flow) - gray).mean() / 255
+                if mismatch > self.cut:  # a cut or a flow that failed: that frame does not line up
+                    continue
+                flow = flow_to_grid(flow, shape)
+                if self.fg_sigma > 0:
+                    flow = foreground_flow(flow, alpha, self.fg_sigma * max(shape) / 320)
+                moved = np.clip(warp(frame.alpha, flow), 0, 1)
+                w = np.exp(-np.square((moved - alpha) / self.alpha_tau))
+                total += w * moved
+                weights += w
+            self.past.append(PastFrame(gray, alpha))
+        return (total / weights).astype(np.float32)
 
 
 def make_stabiliser(method: str, **options) -> Stabiliser | None:
