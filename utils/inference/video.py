@@ -10,8 +10,8 @@ Outputs (codec settings chosen so that each survives what it is used for):
 
 ========================  ==================================================================
 ``alpha/<stem>.mp4``      H.264 (libx264), the alpha in the luma plane, full range (0..255,
-                          flagged ``pc``), chroma 128, CRF ``ALPHA_CRF``, preset medium: the
-                          decoded luma is the 8-bit alpha within ``0.5/255`` on average
+                          flagged ``pc``), chroma 128, CRF ``ALPHA_CRF``, preset ``ALPHA_PRESET``:
+                          the decoded luma is the 8-bit alpha within ``0.5/255`` on average
 ``composite/<stem>.mp4``  H.264, yuv420p BT.709 limited range, CRF ``COMPOSITE_CRF``
 ``cutout/<stem>.webm``    VP9 (libvpx-vp9) yuva420p, CRF ``CUTOUT_CRF`` (browsers, editors)
 ``cutout/<stem>.mov``     ProRes 4444 (prores_ks, profile 4444, yuva444p10le; editors)
@@ -36,6 +36,7 @@ import shutil
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterator
@@ -52,10 +53,12 @@ from .temporal import DEFAULT_TEMPORAL, make_stabiliser
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 VIDEO_FORMATS = ("webm", "mov")    # the cut-out's container: VP9 with alpha, or ProRes 4444
 FRAME_MODES = ("none", "also", "only")
-ALPHA_CRF = 6        # 360p hair-like edges: mean |decoded - PNG| 0.02/255, largest 5/255 (CRF 10: 0.04, 27)
+ALPHA_CRF = 6        # with ALPHA_PRESET, benchmarks/video.py's clip: mean |decoded - PNG| 0.009/255 at 360p, 0.004 at 720p, largest 3/255
+ALPHA_PRESET = "ultrafast"  # x264: 2.7 ms a 360p frame (medium: 12.3, mean 0.043/255, largest 64/255), files 2.5x medium's
 COMPOSITE_CRF = 18   # visually lossless for x264
 CUTOUT_CRF = 24      # VP9 (with -b:v 0: constant quality)
 QUEUE_FRAMES = 8     # decoded frames held ahead of the network (bounded memory)
+MAX_LANES = 4        # frames in the network at once on a CPU (frame_results); each holds its activations
 _CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".webm": "webm", ".mkv": "matroska", ".png": None}
 _AUDIO_FALLBACK = {"mp4": "aac", "mov": "aac", "webm": "libopus"}
 
@@ -319,7 +322,8 @@ class VideoWriter:
             stream = self.container.add_stream("libx264", rate=rate)
             stream.pix_fmt = "yuv420p"
             crf = ALPHA_CRF if self.kind == "alpha" else COMPOSITE_CRF
-            stream.options = {"crf": str(crf), "preset": "medium"}
+            # the alpha: ultrafast, 4-5x less encoding time than medium and closer to the PNG (more bits)
+            stream.options = {"crf": str(crf), "preset": ALPHA_PRESET if self.kind == "alpha" else "medium"}
             if self.kind == "alpha":
                 stream.codec_context.color_range = 2  # full range: 0 and 255 stay 0 and 255
             else:
@@ -627,7 +631,7 @@ def _matte_clip(matter, info: VideoInfo, todo, background, stabilise, progress) 
         bar = tqdm(total=info.frames, unit="frame", disable=not progress, dynamic_ncols=True,
                    desc=os.path.basename(info.path))
         with FrameReader(info.path, info) as reader:
-            for done in matter.stream(reader, lambda frame: frame.image, stabilise):
+            for done in frame_results(matter, reader, stabilise):
                 if done.error is not None:
                     reason = f"{info.path}: frame {done.item.index}: {done.error}"
                     break
@@ -648,6 +652,104 @@ def _matte_clip(matter, info: VideoInfo, todo, background, stabilise, progress) 
             except VideoError as err:
                 reason = reason or str(err)
     return reason
+
+
+def cpu_lanes(matter) -> int:
+    """How many frames ``frame_results`` puts through the network at once: on a CPU with
+    PyTorch, one per core (at most ``MAX_LANES``), each call on ``threads // lanes`` threads;
+    1 elsewhere (CUDA, onnxruntime: the core's ``Matter.stream``, batched)."""
+    if matter.runtime != "pytorch" or not matter.device.startswith("cpu"):
+        return 1
+    import torch
+
+    return max(1, min(MAX_LANES, torch.get_num_threads()))
+
+
+def frame_results(matter, frames: Iterator[Frame], stabilise=None) -> Iterator:
+    """``Matter.stream(frames, ...)`` for a clip's frames (``Matted`` items in order, the
+    stabiliser called in order between the network and refinement), faster on a CPU: there
+    ``cpu_lanes`` frames go through the network at once, each call single-threaded (or on its
+    share of the threads), and each frame is refined in the thread that ran its network call.
+
+    Why (documents/video.md, "Speed and memory"): one network call on all the cores runs its
+    OpenMP team in lock-step, and the refinement, stabiliser and encoder threads that run
+    beside it stall the whole team (U2NETP bf16 at 360p: 151 ms a call alone, 240-300 ms in the
+    core's pipeline). Independent single-threaded calls keep every core busy instead. The
+    values are the same: each frame's network call, stabiliser step and refinement are the
+    core's own (``Matter.prepare``, ``network``, ``full``)."""
+    lanes = cpu_lanes(matter)
+    if lanes == 1:
+        yield from matter.stream(frames, lambda frame: frame.image, stabilise)
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // lanes))  # each lane's share (the setting is global)
+    try:
+        yield from _Lanes(matter, stabilise, lanes).run(frames)
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _Lanes:
+    """One clip through ``frame_results``' lanes: a pool of ``lanes`` threads, each taking the
+    next frame through prepare -> network -> (in frame order) the stabiliser -> refinement."""
+
+    def __init__(self, matter, stabilise, lanes: int):
+        self.matter, self.stabilise, self.lanes = matter, stabilise, lanes
+        self.turn = 0                   # the frame whose stabiliser step is next
+        self.failed: int | None = None  # the first frame whose network call failed: later ones need not wait
+        self.order = threading.Condition()
+        self.stop = threading.Event()   # the consumer left
+
+    def _skip(self, index: int) -> bool:
+        return self.stop.is_set() or (self.failed is not None and index > self.failed)
+
+    def _frame(self, frame: Frame):
+        from .core import Matted, error_reason
+
+        try:
+            small = self.matter.network(self.matter.prepare(frame.image)[None])[0]
+        except BaseException:  # the clip ends at this frame (raised in order by ``run``)
+            with self.order:
+                self.failed = frame.index if self.failed is None else min(self.failed, frame.index)
+                self.order.notify_all()
+            raise
+        with self.order:  # the stabiliser's steps in frame order: it carries the previous frame's state
+            self.order.wait_for(lambda: self.turn == frame.index or self._skip(frame.index))
+            if self._skip(frame.index):
+                return None  # after a failure: never handed out
+            try:
+                if self.stabilise is not None:
+                    small = self.stabilise(frame, frame.image, small)
+            except BaseException:
+                self.failed = frame.index if self.failed is None else min(self.failed, frame.index)
+                raise
+            finally:
+                self.turn = frame.index + 1
+                self.order.notify_all()
+        try:
+            return Matted(frame, frame.image, self.matter.full(frame.image, small))
+        except Exception as err:  # noqa: BLE001 - as the core's stream: a frame's refinement failure is that frame's
+            return Matted(frame, None, None, error_reason(err))
+
+    def run(self, frames: Iterator[Frame]) -> Iterator:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pending: deque = deque()
+        pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="lane")
+        try:
+            for frame in frames:
+                pending.append(pool.submit(self._frame, frame))
+                if len(pending) >= 2 * self.lanes:  # bounded: at most 2 x lanes frames in flight
+                    yield pending.popleft().result()  # a network error (ModelOutputError) ends the clip here
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            self.stop.set()
+            with self.order:
+                self.order.notify_all()
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _write_frame(writers, kinds, frame: Frame, image, alpha, background, k) -> None:
