@@ -4,6 +4,8 @@
     python benchmarks/refine.py                         # 1.5, 3, 8, 12 MP, one case a family and size
     python benchmarks/refine.py --sizes 2 --families blond_sky,flyaways --cases 3 --methods none,matting
     python benchmarks/refine.py --options matting:band=1.0 --csv refine.csv
+    python benchmarks/refine.py --sizes 12 --options matting:linear_radius=0,work_size=2048,work_scale=1.0
+                                                        # the old path: the full-size band solved again
 
 Cases: seeded synthetic people (``make_case``: a head, neck and shoulders, an opaque hair cap
 and 100-3000 strands drawn at 2x with anti-aliased polylines and area-shrunk, so the true alpha
@@ -32,8 +34,9 @@ over the whole photo, ichol preconditioner); only on photos up to ``--rembg-max-
 Each method runs on each case in its own child process (this file with ``--child``): a warm-up
 call on the photo shrunk 4x (numba compiles or loads its cache), then the timed call. Seconds:
 wall and CPU time of that call. Memory: the child's peak RSS (``VmHWM``; the Python process and
-the photo included). For ``matting`` also the band's share of the photo, the conjugate-gradient
-iterations and the final relative residual of each level (``refine.last_matting_stats``).
+the photo included). For ``matting`` also the band's share of the photo (of the working size it is solved
+at), the conjugate-gradient iterations of all levels and the final relative residual of the
+last (``refine.last_matting_stats``).
 ``--quick`` runs in process (no peak memory). Scores: ``utils.metrics`` (SAD, Grad) on the whole
 image. The tables: medians per family and size of the ratio to ``none`` and to ``rembg`` on the
 same case; the machine's load (``uptime``) is printed before and after.
