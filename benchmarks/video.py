@@ -173,8 +173,9 @@ def random_weights(folder, arch):
     return path
 
 
-def speed(folder, frames, weights, archs, precisions):
-    """[(arch, precision, video fps, PNG fps, ratio)] with apply.py's defaults."""
+def speed(folder, frames, weights, archs, precisions, repeats=3):
+    """[(arch, precision, video fps, PNG fps, ratio)] with apply.py's defaults: medians of
+    ``repeats`` runs each, video and PNG runs alternating (a shared machine's drift hits both)."""
     clip = os.path.join(folder, "speed.mp4")
     write_clip(clip, frames)
     png_dir = os.path.join(folder, "speed_png")
@@ -187,12 +188,15 @@ def speed(folder, frames, weights, archs, precisions):
         for precision in precisions:
             common = ["--model", model, "--outputs", "alpha", "--precision", precision, "--quiet", "--overwrite",
                       "--size", str(NETWORK)]
-            status_v, video_s, _ = run_apply(["--input", clip, "--output", os.path.join(folder, "out_v")] + common)
-            status_p, png_s, _ = run_apply(["--input", png_dir, "--output", os.path.join(folder, "out_p")] + common)
-            if status_v or status_p:
+            runs = [(run_apply(["--input", clip, "--output", os.path.join(folder, "out_v")] + common),
+                     run_apply(["--input", png_dir, "--output", os.path.join(folder, "out_p")] + common))
+                    for _ in range(repeats)]
+            if any(v[0] or p[0] for v, p in runs):
                 rows.append((arch, precision, None, None, None))
                 continue
-            rows.append((arch, precision, len(frames) / video_s, len(frames) / png_s, png_s / video_s))
+            video_s, png_s = (float(np.median([r[k][1] for r in runs])) for k in (0, 1))
+            ratio = float(np.median([p[1] / v[1] for v, p in runs]))  # each pair's own ratio
+            rows.append((arch, precision, len(frames) / video_s, len(frames) / png_s, ratio))
         if weights:
             break  # the trained weights are one architecture
     return rows
@@ -225,6 +229,7 @@ def main():
     p.add_argument("--height", type=int, default=360, help="frame height (width 16:9): 360, 720, 1080")
     p.add_argument("--seconds", type=float, default=3.0, help="clip length for quality (default 3)")
     p.add_argument("--speed-seconds", type=float, default=2.0, help="clip length for the speed runs (default 2)")
+    p.add_argument("--speed-repeats", type=int, default=3, help="runs of each speed case (medians; default 3)")
     p.add_argument("--archs", default="u2netp,u2net", help="architectures of the speed runs")
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--model", help="trained weights (default: the newest results_stage2/*/model/best.pth)")
@@ -264,10 +269,11 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         if not args.skip_speed:
             speed_frames = frames
-            rows = speed(folder, speed_frames, weights, args.archs.split(","), args.precisions.split(","))
+            rows = speed(folder, speed_frames, weights, args.archs.split(","), args.precisions.split(","),
+                         args.speed_repeats)
             results["speed"] = rows
             print(f"\nspeed, apply.py end to end, {len(speed_frames)} frames {w}x{h}, network {NETWORK}, "
-                  f"weights {'trained' if weights else 'random'}:")
+                  f"weights {'trained' if weights else 'random'}, medians of {args.speed_repeats} runs each:")
             print("| arch | precision | video frames/s | PNG frames/s | video / PNG |\n|---|---|---|---|---|")
             for arch, precision, v, png, ratio in rows:
                 print(f"| {arch} | {precision} | {v:.2f} | {png:.2f} | {ratio:.2f}x |" if v else
