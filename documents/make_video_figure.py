@@ -1,6 +1,7 @@
 """documents/video_strip.png: five consecutive frames of benchmarks/video.py's calm clip, cropped
 to the head and hair: input | per-frame alpha | stabilised alpha (the default --temporal) |
-truth, with each alpha's dtSSD over the shown frames.
+truth, with each alpha's dtSSD over the shown frames. Both alphas refined as apply.py refines
+them by default (``guided``).
 
     python documents/make_video_figure.py            # -> documents/video_strip.png (seconds)
 
@@ -20,7 +21,7 @@ sys.path.insert(0, REPO)
 
 from benchmarks.video import SEED, jittered, network_coarses, synthetic_clip  # noqa: E402
 from utils.inference.cutout import alpha_to_uint8  # noqa: E402
-from utils.inference.preprocess import alpha_to_size  # noqa: E402
+from utils.inference.refine import refine_alpha  # noqa: E402
 from utils.inference.temporal import DEFAULT_TEMPORAL, make_stabiliser  # noqa: E402
 from utils.metrics import dtssd  # noqa: E402
 from utils.plots import MAX_PNG_BYTES  # noqa: E402
@@ -46,8 +47,8 @@ def main():
     stabiliser = make_stabiliser(DEFAULT_TEMPORAL)
     steady = [stabiliser(None, f, c) for f, c in zip(frames, coarses)]
     h, w = frames[0].shape[:2]
-    per_frame = [alpha_to_size(c, h, w) for c in coarses]
-    stabilised = [alpha_to_size(s, h, w) for s in steady]
+    per_frame = [refine_alpha(f, c, "guided") for f, c in zip(frames, coarses)]
+    stabilised = [refine_alpha(f, s, "guided") for f, s in zip(frames, steady)]
     shown = slice(FIRST, FIRST + SHOWN)
     rows_of = {"input": frames, "per-frame alpha": per_frame, f"stabilised ({DEFAULT_TEMPORAL})": stabilised,
                "truth": alphas}
