@@ -20,7 +20,6 @@ from model import load_model
 from utils.constants import REFINE_METHODS
 from utils.inference.core import predict_alphas
 from utils.inference.preprocess import alpha_to_size
-import utils.inference.refine as refine
 from utils.inference.refine import (GUIDED_DEFAULTS, MATTING_DEFAULTS, RefineOptions, check_options,
                                      last_matting_stats, refine_alpha, trimap_from_coarse)
 from utils.metrics import matting_metrics
