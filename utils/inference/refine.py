@@ -317,7 +317,7 @@ def _trimap(alpha, k, low, high):
 
 
 def _check_matting(band, min_margin, low, high, eps, max_band, tol, max_iter, omega, pyramid, work_size, margin,
-                   linear_radius=1, linear_eps=1e-5, work_scale=0.5):
+                   linear_radius, linear_eps, work_scale):
     problems = [name for name, ok in (
         ("band", band >= 0), ("min_margin", min_margin >= 1), ("low", 0 < low < high), ("high", low < high <= 1),
         ("eps", eps > 0), ("max_band", 0 < max_band <= 1), ("tol", 0 < tol < 1), ("max_iter", max_iter >= 1),

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -82,9 +83,17 @@ def fit_long_side(height: int, width: int, long_side: int) -> tuple[int, int]:
 def warp(x: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """``x`` (h,w) float32 sampled at ``pixel + flow`` (flow float32 (h,w,2), x then y, in
     pixels of x): bilinear, the border replicated."""
-    h, w = flow.shape[:2]
-    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    xs, ys = _pixel_grid(*flow.shape[:2])
     return cv2.remap(x, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+@lru_cache(maxsize=4)
+def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (x, y) pixel coordinates of an (h,w) grid, float32, made once per shape (``warp``
+    runs several times a frame on the same two shapes; read only)."""
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    xs.flags.writeable = ys.flags.writeable = False
+    return xs, ys
 
 
 def flow_to_grid(flow: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

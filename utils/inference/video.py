@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterator
@@ -45,6 +46,7 @@ import numpy as np
 
 from utils.fileio import TMP_SUFFIX
 
+from .core import Matted, error_reason
 from .cutout import parse_background
 from .files import (InputFile, MatteReport, clash_reason, collect_inputs, encode_png, is_complete,
                     remove_stale_temporaries, render_outputs, separate_clashes)
@@ -705,14 +707,16 @@ class _Lanes:
     def _skip(self, index: int) -> bool:
         return self.stop.is_set() or (self.failed is not None and index > self.failed)
 
-    def _frame(self, frame: Frame):
-        from .core import Matted, error_reason
+    def _fail(self, index: int) -> None:
+        """Frame ``index`` failed (called holding ``order``): the earliest failure ends the clip."""
+        self.failed = index if self.failed is None else min(self.failed, index)
 
+    def _frame(self, frame: Frame):
         try:
             small = self.matter.network(self.matter.prepare(frame.image)[None])[0]
         except BaseException:  # the clip ends at this frame (raised in order by ``run``)
             with self.order:
-                self.failed = frame.index if self.failed is None else min(self.failed, frame.index)
+                self._fail(frame.index)
                 self.order.notify_all()
             raise
         with self.order:  # the stabiliser's steps in frame order: it carries the previous frame's state
@@ -723,7 +727,7 @@ class _Lanes:
                 if self.stabilise is not None:
                     small = self.stabilise(frame, frame.image, small)
             except BaseException:
-                self.failed = frame.index if self.failed is None else min(self.failed, frame.index)
+                self._fail(frame.index)
                 raise
             finally:
                 self.turn = frame.index + 1
@@ -734,8 +738,6 @@ class _Lanes:
             return Matted(frame, None, None, error_reason(err))
 
     def run(self, frames: Iterator[Frame]) -> Iterator:
-        from concurrent.futures import ThreadPoolExecutor
-
         pending: deque = deque()
         pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="lane")
         try:
