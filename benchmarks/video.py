@@ -46,7 +46,6 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "data_examples"))
 
 import make_examples  # noqa: E402
-from utils.inference.preprocess import alpha_to_size  # noqa: E402
 from utils.inference.temporal import DEFAULT_TEMPORAL, TEMPORAL_METHODS, make_stabiliser  # noqa: E402
 from utils.inference.refine import refine_alpha  # noqa: E402
 from utils.metrics import dtssd, ground_truth_flow, mad, messddt  # noqa: E402
@@ -118,13 +117,7 @@ def jittered(alpha, rng):
 
 
 # ---------------------------------------------------------------- quality
-REFINEMENTS = ("guided", "none")  # apply.py's default refinement first
-
-
-def refined(small, image, refine):
-    """The stabilised coarse alpha at full resolution: ``guided`` (apply.py's default) or
-    ``none`` (resized)."""
-    return alpha_to_size(small, *image.shape[:2]) if refine == "none" else refine_alpha(image, small, refine)
+REFINEMENTS = ("guided", "none")  # apply.py's default refinement first; none: the alpha resized
 
 
 def quality(coarses, frames, alphas, methods, refinements=REFINEMENTS):
@@ -137,7 +130,7 @@ def quality(coarses, frames, alphas, methods, refinements=REFINEMENTS):
         smalls = [stabiliser(None, image, c) if stabiliser else c for c, image in zip(coarses, frames)]
         seconds = (time.perf_counter() - start) / len(frames)
         for refine in refinements:
-            preds = [refined(s, image, refine) for s, image in zip(smalls, frames)]
+            preds = [refine_alpha(image, s, refine) for s, image in zip(smalls, frames)]
             rows[refine][method] = {"mad": float(np.mean([mad(p, g) for p, g in zip(preds, alphas)])),
                                     "dtssd": dtssd(preds, alphas), "messddt": messddt(preds, alphas, flows),
                                     "ms_per_frame": 1000 * seconds}
