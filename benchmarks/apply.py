@@ -41,8 +41,10 @@ saved as an RGB PNG. The benchmark runs without downloads, so both use the same 
 U2NET weights, saved to a temporary file.
 """
 import argparse
+import atexit
 import glob
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -439,6 +441,7 @@ def stage_times(input_dir, model_path, size, count=4):
     model = prepare_model(load_model(model_path))
     times = {"load + prepare model": [time.perf_counter() - t0]}
     out = tempfile.mkdtemp(prefix="bench_stage_")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     for i, path in enumerate(sorted(glob.glob(os.path.join(input_dir, "*")))[:count]):
         marks = [time.perf_counter()]
         image = read_rgb(path)
@@ -485,6 +488,7 @@ def main():
     parser.add_argument("--ort-study", action="store_true",
                         help="only the onnxruntime settings table (ORT_VARIANTS) on the exported .onnx (and int8)")
     parser.add_argument("--calibrate", metavar="DIR", help="int8 configs: export.py --calibrate (default: its own)")
+    parser.add_argument("--keep", action="store_true", help="keep the photos, weights and outputs (default: removed)")
     parser.add_argument("--save-weights", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--run-ort", nargs=3, metavar=("ONNX", "INPUT", "VARIANT"), help=argparse.SUPPRESS)
     parser.add_argument("--run-original", nargs=3, metavar=("INPUT", "MODEL", "OUTPUT"), help=argparse.SUPPRESS)
@@ -501,6 +505,8 @@ def main():
         return (save_hand_set_weights if kind == "hand_set" else save_random_weights)(path)
 
     tmp = tempfile.mkdtemp(prefix="bench_apply_")
+    if not args.keep:
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # photos, weights, outputs: ~400 MB a run
     input_dir = args.input or os.path.join(tmp, "photos")
     if not args.input:
         make_photos(input_dir, args.count)
@@ -610,7 +616,8 @@ def main():
         print("one photo, in process (medians):")
         for name, seconds in stage_times(input_dir, model_path, args.size).items():
             print(f"  {name:<24}{seconds * 1000:9.1f} ms")
-    print(f"files kept in {tmp}")
+    if args.keep:
+        print(f"files kept in {tmp}")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,11 @@ The machine is shared: the table prints ``uptime``'s load averages beside the fi
 ratios within one run.
 """
 import argparse
+import atexit
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -248,6 +250,7 @@ def main():
     args = p.parse_args()
 
     work = tempfile.mkdtemp(prefix="bench_serve_")
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # photos, weights, logs: ~10 MB a run
     width, height = (int(v) for v in args.photo_size.split("x"))
     photo_dir = os.path.join(work, "photos")
     make_photos(photo_dir, args.photos, width, height)
