@@ -145,6 +145,23 @@ def test_remove_takes_rembgs_requests_as_its_clients_send_them(client, jpeg):
     assert set(np.unique(binary)) <= {0, 255}
 
 
+def test_the_benchmarks_prebuilt_request_bodies_are_rembgs_requests(client, jpeg):
+    """benchmarks/serve.py sends multipart bodies it builds once: the server reads them as the
+    form requests rembg's clients send (the same mask, the same cut-out), query and all."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_serve", os.path.join(ROOT, "benchmarks", "serve.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    headers = {"Content-Type": f"multipart/form-data; boundary={bench.BOUNDARY}"}
+    mask = client.post("/api/remove", content=bench.multipart({"om": "true"}, jpeg), headers=headers)
+    assert mask.status_code == 200
+    assert mask.content == client.post("/api/remove", files=upload(jpeg), data={"om": "true"}).content
+    cutout = client.post("/api/remove?extras=%7B%7D", content=bench.multipart({"model": "u2net_custom"}, jpeg),
+                         headers=headers)
+    assert cutout.content == client.post("/api/remove", files=upload(jpeg)).content
+    assert Image.open(io.BytesIO(cutout.content)).mode == "RGBA"
+
+
 def test_rembgs_alpha_matting_is_our_matting_refinement(client, jpeg):
     matting = client.post("/api/remove", files=upload(jpeg), data={"a": "true"})
     ours = client.post("/api/matte", files=upload(jpeg), data={"outputs": "cutout", "refine": "matting"})
