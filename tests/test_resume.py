@@ -29,6 +29,8 @@ from utils.distributed import DistInfo
 from utils.logger import CSVLog
 from utils.settings import build_settings
 from utils.training import entry
+from utils.plots import CURVE_PANELS
+from utils.training import run_folder
 from utils.training.run_folder import COLUMNS, TIMING_COLUMNS, RunFolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -199,11 +201,19 @@ def assert_same_run(want, have):
     assert_same_rng(ca["rng"][0], cb["rng"][0])
 
 
+def curves_as_text(rows, f):
+    """Stands in for plots.save_curves: the numbers it would plot, as bytes (the figure is tested
+    in test_train.py; drawn by matplotlib it took half of this test's time, 1-2 s a call)."""
+    plotted = [c for _, columns in CURVE_PANELS for c in columns]
+    f.write(json.dumps([{c: row.get(c) for c in ["epoch", *plotted]} for row in rows]).encode())
+
+
 @pytest.mark.filterwarnings("ignore:no starting weights")
 def test_a_stop_at_every_write_resumes_to_the_same_files_and_rng_states(make_paixin, one_thread, tmp_path,
                                                                          monkeypatch, capsys):
     settings = EVERY_WRITE + [f"dataset_path={make_paixin()}"]
     monkeypatch.chdir(tmp_path)  # no results_stage1/ here: from the seed's random initialisation
+    monkeypatch.setattr(run_folder, "save_curves", curves_as_text)
     seen = record_rng(monkeypatch)
     with monkeypatch.context() as patch:
         taken = snapshot_every_write(patch, str(tmp_path / "whole"), str(tmp_path / "stops"))

@@ -9,6 +9,7 @@ import glob
 import json
 import os
 
+import cv2
 import pytest
 import torch
 
@@ -45,7 +46,8 @@ def check_results_contract(run_dir, epochs, model_name="u2netp"):
     for epoch in range(epochs):
         assert os.path.isfile(os.path.join(run_dir, "model", f"{model_name}_epoch{epoch}.pth"))
         assert os.path.getsize(os.path.join(run_dir, "image", f"epoch{epoch}.png")) > 0
-    assert os.path.getsize(os.path.join(run_dir, "curves.png")) > 0
+    curves = cv2.imread(os.path.join(run_dir, "curves.png"))
+    assert curves.shape == (800, 1040, 3) and curves.std() > 10  # 13x10 in at 80 dpi, drawn on
     best = torch.load(os.path.join(run_dir, "model", "best.pth"), weights_only=True)
     assert set(best) == set(build_model("u2netp").state_dict())  # plain: no module./_orig_mod.
     ckpt = torch.load(os.path.join(run_dir, "checkpoint.pth"), weights_only=True)
