@@ -3,6 +3,7 @@
     python benchmarks/video.py                          # 360p, 3 s at 30 fps; U2NETP and U2NET speed
     python benchmarks/video.py --height 720 --seconds 5 # 720p (1080: --height 1080)
     python benchmarks/video.py --skip-speed --skip-memory   # the quality table only (a minute)
+    python benchmarks/video.py --skip-quality --skip-memory --archs u2netp --precisions bf16   # one speed row
 
 Clips: seeded synthetic people (``data_examples/make_examples.person``: body, head and thin,
 partly transparent hair strands drawn at 4x and area-downsampled) that move across the frame,
@@ -146,7 +147,7 @@ def network_coarses(weights, frames):
 
 # ---------------------------------------------------------------- speed and memory (child processes)
 CHILD = """
-import sys, time
+import os, sys, time
 sys.path.insert(0, {repo!r})
 import apply
 apply.tune_malloc()
@@ -154,19 +155,21 @@ start = time.perf_counter()
 status = apply.main({argv!r})
 seconds = time.perf_counter() - start
 hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]
-print('RESULT', status, seconds, int(hwm) / 1024)
+cpu = sum(os.times()[:2])
+print('RESULT', status, seconds, int(hwm) / 1024, cpu)
 """
 
 
 def run_apply(argv):
-    """apply.main(argv) in a child -> (status, seconds, peak MB)."""
+    """apply.main(argv) in a child -> (status, seconds, peak MB, CPU seconds: user + system of
+    all its threads, start-up included)."""
     code = CHILD.format(repo=REPO, argv=list(argv))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     line = [x for x in done.stdout.splitlines() if x.startswith("RESULT")]
     if not line:
         raise RuntimeError(f"apply.py child failed: {done.stderr[-2000:]}")
-    _, status, seconds, peak = line[-1].split()
-    return int(status), float(seconds), float(peak)
+    _, status, seconds, peak, cpu = line[-1].split()
+    return int(status), float(seconds), float(peak), float(cpu)
 
 
 def random_weights(folder, arch):
@@ -181,8 +184,10 @@ def random_weights(folder, arch):
 
 
 def speed(folder, frames, weights, archs, precisions, repeats=3):
-    """[(arch, precision, video fps, PNG fps, ratio)] with apply.py's defaults: medians of
-    ``repeats`` runs each, video and PNG runs alternating (a shared machine's drift hits both)."""
+    """[(arch, precision, video fps, PNG fps, ratio, video cores, PNG cores)] with apply.py's
+    defaults: medians of ``repeats`` runs each, video and PNG runs alternating (a shared
+    machine's drift hits both); cores: CPU seconds / wall seconds of the child (how many cores
+    it kept busy on average, start-up included)."""
     clip = os.path.join(folder, "speed.mp4")
     write_clip(clip, frames)
     png_dir = os.path.join(folder, "speed_png")
@@ -199,11 +204,12 @@ def speed(folder, frames, weights, archs, precisions, repeats=3):
                      run_apply(["--input", png_dir, "--output", os.path.join(folder, "out_p")] + common))
                     for _ in range(repeats)]
             if any(v[0] or p[0] for v, p in runs):
-                rows.append((arch, precision, None, None, None))
+                rows.append((arch, precision, None, None, None, None, None))
                 continue
             video_s, png_s = (float(np.median([r[k][1] for r in runs])) for k in (0, 1))
             ratio = float(np.median([p[1] / v[1] for v, p in runs]))  # each pair's own ratio
-            rows.append((arch, precision, len(frames) / video_s, len(frames) / png_s, ratio))
+            cores = [float(np.median([r[k][3] / r[k][1] for r in runs])) for k in (0, 1)]
+            rows.append((arch, precision, len(frames) / video_s, len(frames) / png_s, ratio, *cores))
         if weights:
             break  # the trained weights are one architecture
     return rows
@@ -218,7 +224,7 @@ def memory(folder, height, seconds, weights):
         clip = os.path.join(folder, f"memory_{length:g}s.mp4")
         write_clip(clip, frames)
         del frames
-        status, wall, peak = run_apply(["--input", clip, "--output", os.path.join(folder, "out_m"), "--model", model,
+        status, wall, peak, _ = run_apply(["--input", clip, "--output", os.path.join(folder, "out_m"), "--model", model,
                                         "--outputs", "alpha", "--quiet", "--overwrite", "--size", str(NETWORK)])
         rows.append((length, int(round(length * 30)), peak if status == 0 else None, wall))
     return rows
@@ -240,6 +246,7 @@ def main():
     p.add_argument("--archs", default="u2netp,u2net", help="architectures of the speed runs")
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--model", help="trained weights (default: the newest results_stage2/*/model/best.pth)")
+    p.add_argument("--skip-quality", action="store_true", help="no quality table (the speed runs alone)")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--json", help="also write the results here")
@@ -251,10 +258,10 @@ def main():
     if not weights:
         print("(b) not measured: no trained network (results_stage2/*/model/best.pth) is there")
     results = {"cpu": cpu_model(), "weights": weights}
-    print("\n| clip | case | --refine | --temporal | MAD | dtSSD | MESSDdt | MAD / none | dtSSD / none | MESSDdt / none "
-          "| ms/frame |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for clip_name, motion in (("moving", 1.0), ("calm", 0.1)):
+    if not args.skip_quality:
+        print("\n| clip | case | --refine | --temporal | MAD | dtSSD | MESSDdt | MAD / none | dtSSD / none | "
+              "MESSDdt / none | ms/frame |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    for clip_name, motion in () if args.skip_quality else (("moving", 1.0), ("calm", 0.1)):
         frames, alphas = synthetic_clip(args.height, args.seconds, motion=motion)
         rng = np.random.default_rng(SEED)
         cases = [("(a) truth at 320 + jitter", [jittered(a, rng) for a in alphas]),
@@ -270,11 +277,13 @@ def main():
                     print(f"| {clip_name} | {name} | {refine} | {method} | {r['mad']:.5f} | {r['dtssd']:.3f} | "
                           f"{r['messddt']:.3f} | {r['mad'] / base['mad']:.3f} | {r['dtssd'] / base['dtssd']:.3f} | "
                           f"{r['messddt'] / base['messddt']:.3f} | {r['ms_per_frame']:.1f} |", flush=True)
-    h, w = frames[0].shape[:2]
-    results["clip"] = [w, h, len(frames)]
-    print(f"clips: {w}x{h}, {len(frames)} frames at 30 fps, seed {SEED}; default --temporal {DEFAULT_TEMPORAL}; "
-          f"load averages {os.getloadavg()}")
+    if not args.skip_quality:
+        h, w = frames[0].shape[:2]
+        results["clip"] = [w, h, len(frames)]
+        print(f"clips: {w}x{h}, {len(frames)} frames at 30 fps, seed {SEED}; default --temporal {DEFAULT_TEMPORAL}; "
+              f"load averages {os.getloadavg()}")
     frames = synthetic_clip(args.height, args.speed_seconds)[0]
+    h, w = frames[0].shape[:2]
     with tempfile.TemporaryDirectory() as folder:
         if not args.skip_speed:
             speed_frames = frames
@@ -283,10 +292,11 @@ def main():
             results["speed"] = rows
             print(f"\nspeed, apply.py end to end, {len(speed_frames)} frames {w}x{h}, network {NETWORK}, "
                   f"weights {'trained' if weights else 'random'}, medians of {args.speed_repeats} runs each:")
-            print("| arch | precision | video frames/s | PNG frames/s | video / PNG |\n|---|---|---|---|---|")
-            for arch, precision, v, png, ratio in rows:
-                print(f"| {arch} | {precision} | {v:.2f} | {png:.2f} | {ratio:.2f}x |" if v else
-                      f"| {arch} | {precision} | refused or failed | | |")
+            print("| arch | precision | video frames/s | PNG frames/s | video / PNG | cores busy, video / PNG |\n"
+                  "|---|---|---|---|---|---|")
+            for arch, precision, v, png, ratio, v_cores, p_cores in rows:
+                print(f"| {arch} | {precision} | {v:.2f} | {png:.2f} | {ratio:.2f}x | {v_cores:.2f} / {p_cores:.2f} |"
+                      if v else f"| {arch} | {precision} | refused or failed | | | |")
             print(f"load averages {os.getloadavg()}")
         if not args.skip_memory:
             rows = memory(folder, args.height, 1.0, weights)

@@ -21,8 +21,10 @@ table):
   working grid (the frame's aspect, long side ``grid`` px: the guided refinement's working
   size, finer than the network's squashed 320x320) and warped to the current frame along the
   optical flow between the frames (OpenCV DIS, medium preset, on the gray frames at long side
-  ``flow_size``), computed from the current frame to each past one directly (no chained
-  flows). In the edge band the flow is replaced by the foreground's own (``foreground_flow``):
+  ``flow_size``, 384 px), computed from the current frame to each past one directly (chained
+  flows, ``compose``, make one flow a frame serve the window but misplace more: measured in
+  documents/video.md). The flows need only the frames (``motion``), so the video lanes make
+  them beside the network calls, outside the ordered step. In the edge band the flow is replaced by the foreground's own (``foreground_flow``):
   the alpha moves with the person, while the flow at the person's edge mixes their motion with
   the background's and drags the edge. Averaged with the weights ``exp(-(dA / alpha_tau)^2)``
   (dA the warped alpha's difference from the current one, the current weighing 1): where the
@@ -37,6 +39,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
+import threading
 
 import cv2
 import numpy as np
@@ -57,10 +60,25 @@ class TemporalState:
 
 @dataclass
 class PastFrame:
-    """One frame of ``flow``'s window: its gray frame at the flow's size (uint8 (fh,fw)) and
-    its network alpha on the working grid (float32 (gh,gw) in [0,1])."""
+    """One frame of ``flow``'s window: its gray frame at the flow's size (uint8 (fh,fw)), its
+    network alpha on the working grid (float32 (gh,gw) in [0,1]) and the flow from the window's
+    newest frame to it (float32 (fh,fw,2), x then y, in the flow's pixels; None for the newest
+    frame itself): the next frame's flow to this one is the next frame's flow to the newest
+    composed with this one (``compose``), so one optical flow a frame serves the whole window."""
     gray: np.ndarray
     alpha: np.ndarray
+    flow: np.ndarray | None = None
+    grid_flow: np.ndarray | None = None
+
+
+@dataclass
+class Motion:
+    """The picture side of one ``flow`` step, made ahead of its turn (``Stabiliser.motion``:
+    it needs only the frames, not the stabiliser's state): the frame's gray at the flow's size
+    (uint8 (fh,fw)) and its flows (float32 (fh,fw,2)) to the previous frames, the newest first,
+    as many as were given of the same size."""
+    gray: np.ndarray
+    flows: list[np.ndarray]
 
 
 def small_gray(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -106,18 +124,54 @@ def flow_to_grid(flow: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def foreground_flow(flow: np.ndarray, alpha: np.ndarray, sigma: float) -> np.ndarray:
-    """The flow of the foreground, spread over its edge band: inside ``sigma`` px of the sure
-    foreground (alpha > 0.95, eroded 1 px) the Gaussian-weighted mean of the foreground's own
-    flow (an alpha moves with the foreground, while the flow at an edge mixes it with the
-    background's); elsewhere the flow as it is. flow float32 (h,w,2), alpha (h,w)."""
+def compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """The flow of ``first`` followed by ``second`` (both float32 (h,w,2) in the same pixels):
+    ``first(x) + second(x + first(x))``, ``second`` sampled bilinearly (border replicated).
+    With ``first`` this frame -> the previous one and ``second`` the previous -> an older one,
+    it is this frame -> the older one."""
+    return (first + warp(second, first)).astype(np.float32)
+
+
+@dataclass
+class ForegroundWeights:
+    """What ``foreground_flow`` needs of one frame's alpha, made once for all the window's
+    flows: the sure foreground (float32 (sh,sw), the fraction of each cell that is sure) and
+    its Gaussian spread at a reduced scale (``factor`` px of the grid a cell), and where the
+    spread reaches on the grid (bool (gh,gw))."""
+    sure: np.ndarray
+    weight: np.ndarray
+    near: np.ndarray
+    factor: int
+    sigma: float
+
+
+def foreground_weights(alpha: np.ndarray, sigma: float) -> ForegroundWeights:
+    """``ForegroundWeights`` of an alpha (float32 (h,w) in [0,1]) for a spread of ``sigma``
+    px: the sure foreground is alpha > 0.95, eroded 1 px. The spread is smooth at sigma's scale,
+    so it is computed on cells of about sigma / 3 px (a 9.6 px spread on 3x3 cells: 1/27 of
+    the work of the full grid's blur) and brought back bilinearly."""
+    h, w = alpha.shape
+    factor = max(1, int(sigma // 3))
     sure = cv2.erode((alpha > 0.95).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
-    weight = cv2.GaussianBlur(sure, (0, 0), sigma)
-    spread = cv2.GaussianBlur(flow * sure[..., None], (0, 0), sigma)
-    near = weight > 1e-3
-    out = flow.copy()
-    out[near] = spread[near] / weight[near, None]
-    return out
+    size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    small = sure if factor == 1 else cv2.resize(sure, size, interpolation=cv2.INTER_AREA)
+    weight = cv2.GaussianBlur(small, (0, 0), sigma / factor)
+    near = (weight if factor == 1 else cv2.resize(weight, (w, h), interpolation=cv2.INTER_LINEAR)) > 1e-3
+    return ForegroundWeights(small, weight, near, factor, sigma)
+
+
+def foreground_flow(flow: np.ndarray, fg: ForegroundWeights) -> np.ndarray:
+    """The flow of the foreground, spread over its edge band: where ``fg`` reaches (within
+    about its sigma of the sure foreground) the Gaussian-weighted mean of the sure foreground's
+    own flow (an alpha moves with the foreground, while the flow at an edge mixes it with the
+    background's); elsewhere the flow as it is. flow float32 (h,w,2) on the alpha's grid."""
+    h, w = flow.shape[:2]
+    moved = flow if fg.factor == 1 else cv2.resize(flow, fg.sure.shape[::-1], interpolation=cv2.INTER_AREA)
+    spread = cv2.GaussianBlur(moved * fg.sure[..., None], (0, 0), fg.sigma / fg.factor)
+    spread /= np.maximum(fg.weight, 1e-3)[..., None]
+    if fg.factor != 1:
+        spread = cv2.resize(spread, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.where(fg.near[..., None], spread, flow).astype(np.float32)
 
 
 def blend(previous: np.ndarray, coarse: np.ndarray, image_change: np.ndarray, strength: float,
@@ -140,8 +194,8 @@ class Stabiliser:
     above which a past frame is left out (a cut)."""
 
     def __init__(self, method: str = DEFAULT_TEMPORAL, strength: float = 0.6, image_tau: float = 0.04,
-                 alpha_tau: float = 0.25, window: int = 3, grid: int = 512, flow_size: int = 640,
-                 fg_sigma: float = 6.0, cut: float = 0.1):
+                 alpha_tau: float = 0.25, window: int = 3, grid: int = 512, flow_size: int = 384,
+                 fg_sigma: float = 6.0, cut: float = 0.1, compose: bool = False):
         if method not in TEMPORAL_METHODS or method == "none":
             raise ValueError(f"temporal method must be one of {TEMPORAL_METHODS[1:]}, got {method!r}")
         if not 0 <= strength < 1:
@@ -151,13 +205,51 @@ class Stabiliser:
                              f"got window={window!r}, grid={grid}, flow_size={flow_size}, alpha_tau={alpha_tau}")
         self.method, self.strength, self.image_tau, self.alpha_tau = method, strength, image_tau, alpha_tau
         self.window, self.grid, self.flow_size, self.fg_sigma, self.cut = window, grid, flow_size, fg_sigma, cut
+        self.compose = compose
         self.state: TemporalState | None = None
         self.past: deque[PastFrame] = deque(maxlen=max(1, window - 1))
-        self._dis = None
+        self._local = threading.local()  # a DIS object per thread: ``motion`` runs in several at once
 
-    def __call__(self, item, image: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    @property
+    def motion_frames(self) -> int:
+        """How many previous frames ``motion`` wants (the newest first): the window's past
+        (one when the flows are composed), 0 for ``ema``."""
+        if self.method != "flow" or self.window == 1:
+            return 0
+        return 1 if self.compose else self.window - 1
+
+    def motion(self, image: np.ndarray, previous: list[np.ndarray]) -> Motion:
+        """The optical flows of frame ``image`` (uint8 RGB (H,W,3)) to the ``previous`` frames
+        (the newest first, at most ``motion_frames``), for ``__call__(..., motion=)`` when its
+        turn comes: the flow is most of the stabiliser's time and needs no state, so a caller
+        with the frames at hand (the video lanes) makes it beside the network calls instead of
+        in the ordered step. Thread-safe. Flows stop at the first frame of another size."""
+        gray = self._gray(image)
+        flows = []
+        for before in previous[:self.motion_frames]:
+            if before.shape != image.shape:
+                break
+            flows.append(self._flow(gray, self._gray(before)))
+        return Motion(gray, flows)
+
+    def _gray(self, image: np.ndarray) -> np.ndarray:
+        """uint8 RGB (H,W,3) -> uint8 gray at the flow's size (area-averaged)."""
+        fh, fw = fit_long_side(*image.shape[:2], self.flow_size)
+        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        return gray if gray.shape == (fh, fw) else cv2.resize(gray, (fw, fh), interpolation=cv2.INTER_AREA)
+
+    def _flow(self, gray: np.ndarray, before: np.ndarray) -> np.ndarray:
+        """DIS flow (medium preset) from ``gray`` to ``before``: float32 (fh,fw,2)."""
+        dis = getattr(self._local, "dis", None)
+        if dis is None:
+            dis = self._local.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        return dis.calc(gray, before, None)
+
+    def __call__(self, item, image: np.ndarray, coarse: np.ndarray, motion: Motion | None = None) -> np.ndarray:
+        """One frame's step (class docstring); ``motion``: this frame's ``motion`` against the
+        frames before it (the ones this stabiliser saw last, in order), else it is made here."""
         if self.method == "flow":
-            return self._window(image, coarse)
+            return self._window(image, coarse, motion)
         gray = small_gray(image, coarse.shape)
         if self.state is None or self.state.gray.shape != gray.shape:
             out = coarse.astype(np.float32)
@@ -167,31 +259,34 @@ class Stabiliser:
         self.state = TemporalState(gray, out)
         return out
 
-    def _window(self, image: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    def _window(self, image: np.ndarray, coarse: np.ndarray, motion: Motion | None) -> np.ndarray:
         """``flow``: the gated average of the window's alphas warped to this frame (float32 on
         the working grid)."""
-        height, width = image.shape[:2]
-        shape = fit_long_side(height, width, self.grid)
+        shape = fit_long_side(*image.shape[:2], self.grid)
         alpha = alpha_to_size(coarse, *shape)
-        fh, fw = fit_long_side(height, width, self.flow_size)
-        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        if gray.shape != (fh, fw):
-            gray = cv2.resize(gray, (fw, fh), interpolation=cv2.INTER_AREA)
+        gray = motion.gray if motion is not None else self._gray(image)
+        made = motion.flows if motion is not None else []
         if self.past and (self.past[-1].gray.shape != gray.shape or self.past[-1].alpha.shape != alpha.shape):
             self.past.clear()  # the frame size changed: the past does not line up
         total, weights = alpha.copy(), np.ones_like(alpha)
         if self.window > 1:
-            if self._dis is None:
-                self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-            for frame in self.past:
-                flow = self._dis.calc(gray, frame.gray, None)  # this frame -> that one
+            fg = foreground_weights(alpha, self.fg_sigma * max(shape) / 320) if self.fg_sigma > 0 else None
+            newest = None
+            for age, frame in enumerate(reversed(self.past)):  # the newest first
+                if newest is None or not self.compose:  # this frame -> that one
+                    flow = made[age] if age < len(made) and made[age].shape[:2] == gray.shape else None
+                    flow = self._flow(gray, frame.gray) if flow is None else flow
+                    grid_flow = flow_to_grid(flow, shape)
+                    if fg is not None:
+                        grid_flow = foreground_flow(grid_flow, fg)
+                    newest = flow, grid_flow
+                else:  # this frame -> the newest past one -> this one
+                    flow, grid_flow = compose(newest[0], frame.flow), compose(newest[1], frame.grid_flow)
+                frame.flow, frame.grid_flow = flow, grid_flow  # this frame -> that one: the next frame composes with it
                 mismatch = np.abs(warp(frame.gray.astype(np.float32), flow) - gray).mean() / 255
                 if mismatch > self.cut:  # a cut or a flow that failed: that frame does not line up
                     continue
-                flow = flow_to_grid(flow, shape)
-                if self.fg_sigma > 0:
-                    flow = foreground_flow(flow, alpha, self.fg_sigma * max(shape) / 320)
-                moved = np.clip(warp(frame.alpha, flow), 0, 1)
+                moved = np.clip(warp(frame.alpha, grid_flow), 0, 1)
                 w = np.exp(-np.square((moved - alpha) / self.alpha_tau))
                 total += w * moved
                 weights += w

@@ -61,6 +61,8 @@ COMPOSITE_CRF = 18   # visually lossless for x264
 CUTOUT_CRF = 24      # VP9 (with -b:v 0: constant quality)
 QUEUE_FRAMES = 8     # decoded frames held ahead of the network (bounded memory)
 MAX_LANES = 4        # frames in the network at once on a CPU (frame_results); each holds its activations
+LANE_MOTION = True   # the lanes make the stabiliser's optical flows beside the network calls, not in its ordered step
+LANE_CV_THREADS = True  # OpenCV's threads shared between the lanes as PyTorch's are (1 each on 2 cores)
 _CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".webm": "webm", ".mkv": "matroska", ".png": None}
 _AUDIO_FALLBACK = {"mp4": "aac", "mov": "aac", "webm": "libopus"}
 
@@ -685,20 +687,28 @@ def frame_results(matter, frames: Iterator[Frame], stabilise=None) -> Iterator:
         return
     import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // lanes))  # each lane's share (the setting is global)
+    import cv2
+
+    threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(max(1, threads // lanes))  # each lane's share (the settings are global)
+    if LANE_CV_THREADS:
+        cv2.setNumThreads(max(1, cv_threads // lanes))
     try:
         yield from _Lanes(matter, stabilise, lanes).run(frames)
     finally:
         torch.set_num_threads(threads)
+        cv2.setNumThreads(cv_threads)
 
 
 class _Lanes:
     """One clip through ``frame_results``' lanes: a pool of ``lanes`` threads, each taking the
-    next frame through prepare -> network -> (in frame order) the stabiliser -> refinement."""
+    next frame through prepare -> network -> the stabiliser's motion (its optical flows to the
+    frames before, where it has one: no state, so beside the other lanes) -> (in frame order)
+    the stabiliser's step -> refinement."""
 
     def __init__(self, matter, stabilise, lanes: int):
         self.matter, self.stabilise, self.lanes = matter, stabilise, lanes
+        self.history = getattr(stabilise, "motion_frames", 0) if LANE_MOTION else 0  # previous frames each needs
         self.turn = 0                   # the frame whose stabiliser step is next
         self.failed: int | None = None  # the first frame whose network call failed: later ones need not wait
         self.order = threading.Condition()
@@ -711,9 +721,10 @@ class _Lanes:
         """Frame ``index`` failed (called holding ``order``): the earliest failure ends the clip."""
         self.failed = index if self.failed is None else min(self.failed, index)
 
-    def _frame(self, frame: Frame):
+    def _frame(self, frame: Frame, previous: list[np.ndarray]):
         try:
             small = self.matter.network(self.matter.prepare(frame.image)[None])[0]
+            motion = self.stabilise.motion(frame.image, previous) if self.history else None
         except BaseException:  # the clip ends at this frame (raised in order by ``run``)
             with self.order:
                 self._fail(frame.index)
@@ -724,7 +735,9 @@ class _Lanes:
             if self._skip(frame.index):
                 return None  # after a failure: never handed out
             try:
-                if self.stabilise is not None:
+                if motion is not None:
+                    small = self.stabilise(frame, frame.image, small, motion=motion)
+                elif self.stabilise is not None:
                     small = self.stabilise(frame, frame.image, small)
             except BaseException:
                 self._fail(frame.index)
@@ -739,10 +752,13 @@ class _Lanes:
 
     def run(self, frames: Iterator[Frame]) -> Iterator:
         pending: deque = deque()
+        before: deque = deque(maxlen=max(1, self.history))  # the last frames' pictures, the newest first
         pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="lane")
         try:
             for frame in frames:
-                pending.append(pool.submit(self._frame, frame))
+                pending.append(pool.submit(self._frame, frame, list(before)))
+                if self.history:
+                    before.appendleft(frame.image)
                 if len(pending) >= 2 * self.lanes:  # bounded: at most 2 x lanes frames in flight
                     yield pending.popleft().result()  # a network error (ModelOutputError) ends the clip here
             while pending:
