@@ -3,7 +3,7 @@
     python benchmarks/video.py                          # 360p, 3 s at 30 fps; U2NETP and U2NET speed
     python benchmarks/video.py --height 720 --seconds 5 # 720p (1080: --height 1080)
     python benchmarks/video.py --skip-speed --skip-memory   # the quality table only (a minute)
-    python benchmarks/video.py --skip-quality --skip-memory --archs u2netp --precisions bf16   # one speed row
+    python benchmarks/video.py --skip-quality --skip-memory --random-speed-weights --archs u2netp --precisions bf16
 
 Clips: seeded synthetic people (``data_examples/make_examples.person``: body, head and thin,
 partly transparent hair strands drawn at 4x and area-downsampled) that move across the frame,
@@ -246,6 +246,8 @@ def main():
     p.add_argument("--archs", default="u2netp,u2net", help="architectures of the speed runs")
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--model", help="trained weights (default: the newest results_stage2/*/model/best.pth)")
+    p.add_argument("--random-speed-weights", action="store_true",
+                   help="speed runs with random weights of each --archs (the trained ones are one architecture)")
     p.add_argument("--skip-quality", action="store_true", help="no quality table (the speed runs alone)")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
@@ -287,11 +289,12 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         if not args.skip_speed:
             speed_frames = frames
-            rows = speed(folder, speed_frames, weights, args.archs.split(","), args.precisions.split(","),
+            rows = speed(folder, speed_frames, None if args.random_speed_weights else weights,
+                         args.archs.split(","), args.precisions.split(","),
                          args.speed_repeats)
             results["speed"] = rows
             print(f"\nspeed, apply.py end to end, {len(speed_frames)} frames {w}x{h}, network {NETWORK}, "
-                  f"weights {'trained' if weights else 'random'}, medians of {args.speed_repeats} runs each:")
+                  f"weights {'trained' if weights and not args.random_speed_weights else 'random'}, medians of {args.speed_repeats} runs each:")
             print("| arch | precision | video frames/s | PNG frames/s | video / PNG | cores busy, video / PNG |\n"
                   "|---|---|---|---|---|---|")
             for arch, precision, v, png, ratio, v_cores, p_cores in rows:

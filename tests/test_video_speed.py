@@ -48,10 +48,18 @@ def reference(matter, frames):
         torch.set_num_threads(before)
 
 
-def test_lanes_give_the_core_streams_alphas_in_order(matter, threads):
+@pytest.mark.parametrize("motion_in_lanes", [False, True])  # the stabiliser's flows in its ordered step, or beside
+def test_lanes_give_the_core_streams_alphas_in_order(matter, threads, motion_in_lanes, monkeypatch):
+    import cv2
+
+    import utils.inference.video as video
+
+    monkeypatch.setattr(video, "LANE_MOTION", motion_in_lanes)
     expected = reference(matter, list(moving_frames()))
     assert cpu_lanes(matter) == 2
+    cv_threads = cv2.getNumThreads()
     done = list(frame_results(matter, moving_frames(), make_stabiliser("flow")))
+    assert cv2.getNumThreads() == cv_threads  # OpenCV's threads restored too
     assert [d.item.index for d in done] == list(range(7))
     assert all(d.error is None for d in done)
     for got, want in zip((d.alpha for d in done), expected):
