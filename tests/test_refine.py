@@ -318,3 +318,28 @@ def test_matting_linear_upsampling_is_the_default_and_the_full_size_solve_an_opt
 def test_bad_linear_options_are_errors_that_name_them(example, options):
     with pytest.raises(ValueError, match=next(iter(options))):
         refine_alpha(example[0], example[2], "matting", **options)
+
+
+def test_polish_solves_the_full_size_band_from_the_linear_models_alpha(example):
+    # photos up to polish_mp megapixels: after the half-size solve and the linear model, the
+    # full-size band (the full-size trimap) is solved again from that alpha; converged, that is
+    # the full-size closed-form solution itself, and it is closer to the truth than the half-size answer here
+    photo, truth, coarse = example
+    tight = dict(tol=1e-7, max_iter=5000)
+    direct = refine_alpha(photo, coarse, "matting", work_scale=1.0, **tight)
+    direct_its = last_matting_stats()["levels"][-1]["iterations"]
+    half = refine_alpha(photo, coarse, "matting", **tight)
+    assert last_matting_stats()["levels"][-1]["shape"] == (H // 2, W // 2)
+    polished = refine_alpha(photo, coarse, "matting", polish_mp=H * W / 1e6, **tight)
+    levels = last_matting_stats()["levels"]
+    assert levels[-1]["shape"] == (H, W) and levels[-2]["shape"] == (H // 2, W // 2)
+    fg, unknown = trimap_from_coarse(coarse, H, W, **{k: MATTING_DEFAULTS[k] for k in ("band", "low", "high", "min_margin")})
+    assert levels[-1]["unknown"] == unknown.sum() and levels[-1]["residual"] <= 1e-7 * 1.001
+    assert np.abs(polished - direct).max() < 2e-3 and np.abs(polished - direct).mean() < 1e-5
+    assert levels[-1]["iterations"] <= direct_its + 50  # to 1e-7 the warm start saves little (766 against 799)
+    assert (polished[fg] == 1).all() and (polished[~fg & ~unknown] == 0).all()
+    assert matting_metrics(polished, truth)["sad"] < matting_metrics(half, truth)["sad"]
+    # a photo over polish_mp is not polished: exactly the half-size answer
+    np.testing.assert_array_equal(refine_alpha(photo, coarse, "matting", polish_mp=H * W / 1e6 - 0.001, **tight), half)
+    with pytest.raises(ValueError, match="polish_mp"):
+        RefineOptions("matting", {"polish_mp": -1})

@@ -76,6 +76,8 @@ MATTING_DEFAULTS = {
     "linear_radius": 1,  # working px; >= 1: bring the working solution to full size by its local linear model
                          # alpha ~ a.I + b fitted in windows of this radius; 0: solve the full-size band again
     "linear_eps": 1e-5,  # regulariser of that fit, in (colour in [0,1])^2 (used when linear_radius >= 1)
+    "polish_mp": 0.0,    # megapixels: photos up to this size then solve the full-size band (rembg's trimap at
+                         # full size) again, warm-started from the linear model's alpha; 0: never
 }
 
 
@@ -317,21 +319,21 @@ def _trimap(alpha, k, low, high):
 
 
 def _check_matting(band, min_margin, low, high, eps, max_band, tol, max_iter, omega, pyramid, work_size, margin,
-                   linear_radius, linear_eps, work_scale):
+                   linear_radius, linear_eps, work_scale, polish_mp):
     problems = [name for name, ok in (
         ("band", band >= 0), ("min_margin", min_margin >= 1), ("low", 0 < low < high), ("high", low < high <= 1),
         ("eps", eps > 0), ("max_band", 0 < max_band <= 1), ("tol", 0 < tol < 1), ("max_iter", max_iter >= 1),
         ("omega", 0 <= omega < 2), ("pyramid", 1 <= pyramid <= 8), ("work_size", work_size >= 8), ("margin", margin >= 0),
         ("linear_radius", linear_radius >= 0 and float(linear_radius).is_integer()), ("linear_eps", linear_eps > 0),
-        ("work_scale", 0 < work_scale <= 1)) if not ok]
+        ("work_scale", 0 < work_scale <= 1), ("polish_mp", polish_mp >= 0)) if not ok]
     if problems:
         given = dict(band=band, min_margin=min_margin, low=low, high=high, eps=eps, max_band=max_band, tol=tol,
                      max_iter=max_iter, omega=omega, pyramid=pyramid, work_size=work_size, margin=margin,
-                     linear_radius=linear_radius, linear_eps=linear_eps, work_scale=work_scale)
+                     linear_radius=linear_radius, linear_eps=linear_eps, work_scale=work_scale, polish_mp=polish_mp)
         raise ValueError("matting: bad option(s) " + ", ".join(f"{k}={given[k]!r}" for k in problems)
                          + " (need band >= 0, min_margin >= 1, 0 < low < high <= 1, eps > 0, 0 < max_band <= 1, "
                            "0 < tol < 1, max_iter >= 1, 0 <= omega < 2, 1 <= pyramid <= 8, work_size >= 8, margin >= 0, "
-                           "linear_radius a whole number >= 0, linear_eps > 0, 0 < work_scale <= 1)")
+                           "linear_radius a whole number >= 0, linear_eps > 0, 0 < work_scale <= 1, polish_mp >= 0)")
 
 
 def matting_refine(image, coarse, options):
@@ -345,15 +347,18 @@ def matting_refine(image, coarse, options):
     full resolution on the pixels that came out fractional there, ``margin`` working pixels
     around them, the working alpha resized as the start and its sure pixels as the fixed ones.
     Each solve starts from the solution of the same problem at half the resolution (``pyramid``
-    levels), so the conjugate gradients only have the fine detail left to find.
+    levels), so the conjugate gradients only have the fine detail left to find. Photos of at most
+    ``polish_mp`` megapixels are then solved once more at full size on the full-size trimap's band,
+    starting from the linear model's alpha (converged, that is the whole-photo closed-form solution).
     """
     guided = options["guided"]
     band, min_margin, low, high = options["band"], options["min_margin"], options["low"], options["high"]
     eps, max_band, tol, max_iter = options["eps"], options["max_band"], options["tol"], options["max_iter"]
     omega, pyramid, work_size, margin = options["omega"], options["pyramid"], options["work_size"], options["margin"]
     linear_radius, linear_eps, work_scale = options["linear_radius"], options["linear_eps"], options["work_scale"]
+    polish_mp = options["polish_mp"]
     _check_matting(band, min_margin, low, high, eps, max_band, tol, max_iter, omega, pyramid, work_size, margin,
-                   linear_radius, linear_eps, work_scale)
+                   linear_radius, linear_eps, work_scale, polish_mp)
     height, width = image.shape[:2]
     levels = []
     _record(levels)
@@ -376,8 +381,17 @@ def matting_refine(image, coarse, options):
         start = guided_refine(small, coarse, **guided)
         alpha = _solve_pyramid(small, unknown, fg, start, (eps, tol, max_iter, omega), pyramid, levels)
     if scale < 1.0 and linear_radius >= 1:
+        up = _linear_upsample(image, small, alpha, int(linear_radius), linear_eps, margin / scale)
+        if height * width <= polish_mp * 1e6:
+            # the whole-photo problem with the full-size trimap (what rembg solves), from a start
+            # that is already close to it: only the detail finer than a working pixel is left
+            del alpha
+            fg, unknown = trimap_from_coarse(coarse, height, width, band=band, low=low, high=high,
+                                             min_margin=min_margin)
+            if unknown.any():
+                up = _solve_pyramid(image, unknown, fg, up, (eps, tol, max_iter, omega), 1, levels)
         _record(levels)
-        return _linear_upsample(image, small, alpha, int(linear_radius), linear_eps, margin / scale)
+        return up
     if scale < 1.0:
         up = alpha_to_size(alpha, height, width)
         del alpha
