@@ -324,6 +324,23 @@ def test_concurrent_requests_share_network_calls_and_get_their_own_answers(weigh
     assert len(set(np.round(mattes, 3))) == len(photos)  # different photos, different mattes
 
 
+def test_pytorch_lanes_run_calls_at_once_with_the_same_mattes(weights):
+    """--networks 2 with a .pth on a CPU: two single-threaded PyTorch calls at once (the lanes of
+    the bf16 row in documents/serving.md), each request its own photo's matte, the same as one
+    call at a time on one thread gives."""
+    photos = [encoded(photo(40 + 4 * i, 30 + 6 * i, seed=i), "PNG") for i in range(12)]
+    with serving(weights) as client:
+        alone = [client.post("/api/remove", files=upload(p, "p.png"), data={"om": "true"}).content for p in photos]
+    with serving(weights, networks=2, max_wait_ms=0) as client:
+        assert client.get("/api/info").json()["networks"] == 2
+        with ThreadPoolExecutor(len(photos)) as pool:
+            together = list(pool.map(lambda p: client.post("/api/remove", files=upload(p, "p.png"),
+                                                           data={"om": "true"}).content, photos))
+        network = client.get("/healthz").json()["network"]
+    assert network["most_at_once"] == 2 and network["images"] == len(photos)
+    assert together == alone  # one thread per call either way: the same floats, the same bytes
+
+
 # ---------------------------------------------------------------- security
 def test_the_api_key_guards_the_upload_routes(weights, jpeg):
     with serving(weights, api_key="s3cret") as client:
@@ -440,6 +457,9 @@ def test_network_threads_defaults():
     assert network_threads(ServeConfig(threads=2), onnx=True, on_cpu=True, cores=2) == (2, 1)
     assert network_threads(ServeConfig(networks=1), onnx=True, on_cpu=True, cores=4) == (4, 1)
     assert network_threads(config, onnx=False, on_cpu=True, cores=2) == (None, 1)  # PyTorch: as apply.py
+    assert network_threads(ServeConfig(networks=2), onnx=False, on_cpu=True, cores=2) == (1, 2)  # lanes
+    assert network_threads(ServeConfig(networks=2), onnx=False, on_cpu=True, cores=8) == (4, 2)
+    assert network_threads(ServeConfig(networks=2), onnx=False, on_cpu=False, cores=8) == (None, 2)  # a GPU
     assert network_threads(config, onnx=True, on_cpu=False, cores=2) == (None, 1)  # a GPU
     with pytest.raises(ValueError, match="--networks"):
         ServeConfig(networks=0)
@@ -506,3 +526,52 @@ def test_a_default_onnx_server_opens_its_fixed_shape_sessions_at_start(onnx_weig
         info = client.get("/api/info").json()
         assert info["networks"] == 2 and info["fixed_shapes"] == [[1, SIZE, SIZE]]
         assert client.post("/api/remove", files=upload(jpeg), data={"om": "true"}).status_code == 200
+
+
+# ---------------------------------------------------------------- --openvino: rembg's route on OpenVINO
+def test_the_openvino_view_runs_the_same_onnx_within_rounding(onnx_weights):
+    pytest.importorskip("openvino")
+    from utils.inference.onnx_model import OnnxModel
+    from utils.serving.openvino_model import openvino_view
+
+    model = OnnxModel(onnx_weights, threads=1)
+    view = openvino_view(model, SIZE, streams=2)
+    rng = np.random.default_rng(0)
+    one = rng.normal(size=(1, 3, SIZE, SIZE)).astype(np.float32)
+    ours = view(one)
+    assert ours.shape == (1, SIZE, SIZE) and ours.dtype == np.float32
+    assert np.abs(ours - model(one)).max() < 1e-5 and ours.std() > 0  # fp32, other kernels: within rounding
+    other = rng.normal(size=(2, 3, SIZE, SIZE // 2)).astype(np.float32)  # not its shape: onnxruntime's session
+    assert np.array_equal(view(other), model(other))
+    batches = [rng.normal(size=(1, 3, SIZE, SIZE)).astype(np.float32) for _ in range(6)]
+    with ThreadPoolExecutor(2) as pool:  # two streams at once, each thread its own infer request
+        together = list(pool.map(view, batches))
+    for batch, alpha in zip(batches, together):
+        assert np.array_equal(alpha, view(batch))
+    with pytest.raises(ValueError, match="streams"):
+        openvino_view(model, SIZE, streams=0)
+
+
+def test_an_openvino_server_answers_rembgs_route_and_refuses_what_it_cannot_run(onnx_weights, weights, jpeg,
+                                                                               monkeypatch):
+    pytest.importorskip("openvino")
+    from utils.serving import app as app_module
+
+    photos = [encoded(photo(48 + 4 * i, 40 + 2 * i, seed=i), "JPEG", quality=95) for i in range(6)]
+    with serving(onnx_weights, size=None, networks=2, openvino=True) as client:
+        assert client.get("/api/info").json()["crowd_runtime"] == "openvino"
+        with ThreadPoolExecutor(6) as pool:
+            masks = list(pool.map(lambda d: client.post("/api/remove", files=upload(d), data={"om": "true"}).content,
+                                  photos))
+        mattes = [client.post("/api/matte", files=upload(d), data={"outputs": "alpha"}).content for d in photos]
+    for i, (mask, matte) in enumerate(zip(masks, mattes)):
+        a, b = decoded(mask).astype(int), decoded(matte).astype(int)
+        assert a.shape == b.shape == (48 + 4 * i, 40 + 2 * i) and np.abs(a - b).max() <= 1
+    for bad in ({"threads": 1}, {"static_shapes": 0}):
+        with pytest.raises(ValueError, match="--openvino"):
+            ServeConfig(model=onnx_weights, openvino=True, **bad)
+    with pytest.raises(ValueError, match="--openvino: .* not an .onnx"):
+        app_module.load_matter(ServeConfig(model=weights, device="cpu", size=SIZE, openvino=True))
+    monkeypatch.setattr(app_module, "openvino_available", lambda: False)
+    with pytest.raises(ValueError, match="pip install openvino"):
+        ServeConfig(model=onnx_weights, openvino=True)

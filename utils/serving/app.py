@@ -37,6 +37,7 @@ from utils.runs import find_weights, network_size
 
 from .batcher import Batcher
 from .limits import ApiError, Limits, Occupancy, UploadGate, decode_upload, parse_colour
+from .openvino_model import NOT_INSTALLED, openvino_available, openvino_view
 from .render import FORMATS, encode, full_alpha, rembg_output, render
 
 log = logging.getLogger("serve")
@@ -63,7 +64,8 @@ class ServeConfig:
     ``OnnxModel``); max_batch/max_wait_ms: batching (max_batch None: apply.py's batch size, 1 on
     a CPU, 8 on CUDA); pool: threads for decoding, refinement and encoding;
     api_key: required in the X-API-Key header of the upload routes when set; cors: allowed
-    origins (none: no CORS headers)."""
+    origins (none: no CORS headers); openvino: rembg's route on OpenVINO (fp32, the same .onnx)
+    while other requests are in the server (``utils.serving.openvino_model``)."""
     model: str | None = None
     size: int | None = None
     resize: str = "square"
@@ -79,6 +81,7 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     api_key: str | None = None
     cors: tuple = ()
+    openvino: bool = False
 
     def __post_init__(self):
         for name, allowed in (("resize", RESIZE_POLICIES), ("precision", PRECISIONS), ("refine", REFINE_METHODS)):
@@ -93,6 +96,12 @@ class ServeConfig:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
         if self.static_shapes is not None and self.static_shapes < 0:
             raise ValueError(f"--static-shapes must be >= 0, got {self.static_shapes}")
+        if self.openvino:
+            if self.threads is not None or self.static_shapes == 0:
+                raise ValueError("--openvino runs rembg's route beside the all-cores onnxruntime session: leave out "
+                                 "--threads and --static-shapes 0")
+            if not openvino_available():
+                raise ValueError(NOT_INSTALLED)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -128,9 +137,14 @@ def network_threads(config: ServeConfig, onnx: bool, on_cpu: bool, cores: int | 
     at once) while several photos are in the server. An .onnx on a CPU: one single-threaded call
     per core (at most MAX_NETWORKS calls, the cores shared among them) unless told (U2NETP at 320
     on two cores: more throughput than one call on two threads, documents/serving.md); a photo
-    alone still gets all the cores (the Batcher's ``fast`` Matter). PyTorch or a GPU: one call
-    at a time, as apply.py runs."""
+    alone still gets all the cores (the Batcher's ``fast`` Matter). PyTorch on a CPU with
+    ``networks`` N > 1: N lanes of ``cores // N`` threads each (bf16 on AMX: ~1.5x one call on two
+    threads, documents/serving.md). PyTorch otherwise, or a GPU: one call at a time, as apply.py runs."""
     cores = cores or cpu_cores()
+    if not onnx and on_cpu and (config.networks or 1) > 1:
+        # PyTorch lanes (--networks N): torch's thread count is one setting for the whole process,
+        # so each call gets its share of the cores, always (no switch for a photo alone)
+        return config.threads or max(1, cores // config.networks), config.networks
     if not (onnx and on_cpu):
         return config.threads, config.networks or 1
     # at most MAX_NETWORKS calls by default: each holds its own activations (~150 MB for U2NETP at 320)
@@ -164,6 +178,9 @@ def load_matter(config: ServeConfig) -> Loaded:
     path = resolve_model(config)
     onnx = is_onnx_path(path)
     on_cpu = config.device == "cpu" or (onnx and config.device == "auto")  # refined below for an .onnx
+    if not onnx and config.device != "cpu":
+        from utils.device import resolve_device  # imports torch: a .pth needs it anyway
+        on_cpu = resolve_device(config.device).type == "cpu"
     threads, networks = network_threads(config, onnx, on_cpu)
     if onnx:  # the dynamic graph (apply.py's bytes): all the cores unless --threads says
         model = load_any_model(path, device=config.device,
@@ -179,6 +196,8 @@ def load_matter(config: ServeConfig) -> Loaded:
                            refine=refine_options(config.refine))
     matter = Matter(model, options, copy_model=False)
     static = config.static_shapes if config.static_shapes is not None else (4 if onnx and device == "cpu" else 0)
+    if config.openvino and not (onnx and device == "cpu" and static):
+        raise ValueError(f"--openvino: {path} is not an .onnx run on the CPU with fixed-shape sessions")
     if not (onnx and static):
         return Loaded(matter, matter, path, source, networks)
     # spinning off where narrow calls may run beside it: its idle threads would take their cores
@@ -186,6 +205,11 @@ def load_matter(config: ServeConfig) -> Loaded:
     fixed = model.static_view(static, spinning=False) if hybrid else model.static_view(static)
     # a photo alone runs on all the cores (fixed), several on `threads` each (narrow); --threads: always that
     narrow = model.static_view(static, threads) if hybrid else None
+    if config.openvino:
+        if not hybrid:
+            raise ValueError(f"--openvino: {path} runs one network call at a time here ({networks}); it needs "
+                             "several (two or more cores, no --networks 1)")
+        narrow = openvino_view(model, size, networks)  # one single-threaded stream per network thread
     if config.resize == "square":  # every input is (1, size, size): opened and run now
         warm_up(model, fixed, narrow, size, networks)
     return Loaded(matter, Matter(fixed, options, copy_model=False), path, source, networks, fixed,
@@ -327,6 +351,7 @@ def create_app(config: ServeConfig) -> FastAPI:
                 "formats": list(FORMATS), "max_batch": matter.options.batch_size, "max_wait_ms": config.max_wait_ms,
                 "networks": request.app.state.batcher.networks,
                 "fixed_shapes": [list(shape) for shape in (fixed.fixed_shapes if fixed else [])],
+                "crowd_runtime": "openvino" if config.openvino else matter.runtime,
                 "api_key_required": bool(config.api_key),
                 "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
                            "max_queue": limits.max_queue, "timeout_s": limits.timeout_s}}

@@ -37,11 +37,13 @@ _STOP = object()
 
 @dataclass
 class BatchStats:
-    """What the network thread has done: ``batches`` calls of ``images`` photos in all, the
-    ``largest`` batch, and ``sizes`` (batch size -> how many batches had it)."""
+    """What the network threads have done: ``batches`` calls of ``images`` photos in all, the
+    ``largest`` batch, ``sizes`` (batch size -> how many batches had it) and the most calls that
+    ran at once (``most_at_once``)."""
     batches: int = 0
     images: int = 0
     largest: int = 0
+    most_at_once: int = 0
 
     def __post_init__(self):
         self.sizes: dict[int, int] = {}
@@ -54,7 +56,7 @@ class BatchStats:
 
     def as_dict(self) -> dict:
         return {"batches": self.batches, "images": self.images, "largest": self.largest,
-                "sizes": {str(k): v for k, v in sorted(self.sizes.items())}}
+                "most_at_once": self.most_at_once, "sizes": {str(k): v for k, v in sorted(self.sizes.items())}}
 
 
 class Batcher:
@@ -153,6 +155,7 @@ class Batcher:
                 # others running or waiting: the few-threaded Matter; a photo alone: all the cores
                 busy = self._running > 0 or not self._queue.empty() or self._crowded()
                 self._running += 1
+                self.stats.most_at_once = max(self.stats.most_at_once, self._running)
             try:
                 exact = [(image, future) for image, future, is_exact in batch if is_exact]
                 others = [(image, future) for image, future, is_exact in batch if not is_exact]
