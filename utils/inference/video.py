@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterator
 
+import cv2
 import numpy as np
 
 from utils.fileio import TMP_SUFFIX
@@ -687,8 +688,6 @@ def frame_results(matter, frames: Iterator[Frame], stabilise=None) -> Iterator:
         return
     import torch
 
-    import cv2
-
     threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(max(1, threads // lanes))  # each lane's share (the settings are global)
     if LANE_CV_THREADS:
@@ -735,10 +734,8 @@ class _Lanes:
             if self._skip(frame.index):
                 return None  # after a failure: never handed out
             try:
-                if motion is not None:
+                if self.stabilise is not None:
                     small = self.stabilise(frame, frame.image, small, motion=motion)
-                elif self.stabilise is not None:
-                    small = self.stabilise(frame, frame.image, small)
             except BaseException:
                 self._fail(frame.index)
                 raise

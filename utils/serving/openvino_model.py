@@ -71,9 +71,8 @@ def openvino_view(model: OnnxModel, size: int, streams: int) -> OpenVinoView:
         import openvino as ov
     except ImportError as err:
         raise ValueError(NOT_INSTALLED) from err
-    view = OpenVinoView.__new__(OpenVinoView)
-    view.__dict__.update(model.__dict__)  # the dynamic session, metadata and checks: shared, not copied
-    view.static_shapes, view._static, view._static_lock = 0, {}, threading.Lock()
+    view = model.static_view(0)  # the dynamic session, metadata and checks: shared, not copied
+    view.__class__ = OpenVinoView
     view._local = threading.local()
     view.shape = (1, 3, int(size), int(size))
     core = ov.Core()
