@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.inference.temporal import (DEFAULT_TEMPORAL, Stabiliser, compose, fit_long_side, flow_to_grid,
+from utils.inference.temporal import (DEFAULT_TEMPORAL, Stabiliser, fit_long_side, flow_to_grid,
                                       foreground_flow, foreground_weights, make_stabiliser, warp)
 
 H, W = 72, 96
@@ -125,43 +125,6 @@ def test_warp_and_flow_to_grid_move_by_the_flow():
     assert grid.shape == (10, 10, 2) and np.allclose(grid[..., 0], 1) and np.allclose(grid[..., 1], 1)
 
 
-def test_compose_adds_the_second_flow_where_the_first_lands():
-    h, w = 12, 16
-    first = np.zeros((h, w, 2), np.float32)
-    first[..., 0] = 2  # 2 px right
-    second = np.zeros((h, w, 2), np.float32)
-    second[..., 1] = np.arange(w, dtype=np.float32)[None, :]  # a y move that grows with x
-    out = compose(first, second)
-    assert out.shape == (h, w, 2) and out.dtype == np.float32
-    assert np.allclose(out[..., 0], 2)
-    assert np.allclose(out[:, :w - 2, 1], np.arange(2, w, dtype=np.float32)[None, :])  # second read 2 px right
-    assert np.allclose(out[:, w - 2:, 1], w - 1)  # past the border: the last column, replicated
-
-
-def test_one_flow_a_frame_serves_the_window_through_composition():
-    # A textured picture panning 3 px a frame: the flow from each frame to the one before is
-    # about -3 px in x (that pixel was 3 px left), and the composed flow to the frame before
-    # that about -6, as a flow computed directly between the two; the stabiliser keeps them on
-    # its past frames (each: the flow from the newest frame to it) for the next frame.
-    rng = np.random.default_rng(4)
-    h, w = 96, 128
-    picture = textured(rng, h, w + 60)
-    frames = [np.ascontiguousarray(picture[:, 40 - 3 * i:40 - 3 * i + w]) for i in range(5)]
-    alpha = np.zeros((h, w), np.float32)
-    inner = (slice(16, -16), slice(16, -16))
-    found = {}
-    for compose_flows in (True, False):
-        stabiliser = make_stabiliser("flow", window=4, grid=w, flow_size=w, compose=compose_flows)
-        for image in frames:
-            stabiliser(None, image, alpha)
-        oldest, older, newest = stabiliser.past  # frames 2, 3, 4: flows 4 -> 2, 4 -> 3, none
-        assert newest.flow is None
-        found[compose_flows] = [float(np.median(f.flow[inner][..., 0])) for f in (oldest, older)]
-        assert np.abs(np.median(oldest.flow[inner][..., 1])) < 0.3
-    assert abs(found[True][1] + 3) < 0.3 and abs(found[True][0] + 6) < 0.5, found
-    assert abs(found[True][0] - found[False][0]) < 0.5, found
-
-
 def test_motion_made_ahead_gives_the_same_alphas():
     # The video lanes make each frame's flows (``motion``) beside the network calls and hand
     # them to the ordered step: the alphas are exactly those of flows made in the step; a
@@ -171,7 +134,7 @@ def test_motion_made_ahead_gives_the_same_alphas():
     frames = [np.ascontiguousarray(picture[:, 2 * i:2 * i + W]) for i in range(6)]
     coarses = [np.clip(disc(40 + 2 * i, 36) + rng.normal(0, 0.03, (H, W)), 0, 1).astype(np.float32) for i in range(6)]
     inline, ahead = make_stabiliser("flow"), make_stabiliser("flow")
-    assert ahead.motion_frames == 2 and make_stabiliser("flow", compose=True).motion_frames == 1
+    assert ahead.motion_frames == 2
     assert make_stabiliser("ema").motion_frames == 0
     for i, (image, coarse) in enumerate(zip(frames, coarses)):
         motion = ahead.motion(image, frames[max(0, i - 2):i][::-1])

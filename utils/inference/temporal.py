@@ -22,8 +22,8 @@ table):
   size, finer than the network's squashed 320x320) and warped to the current frame along the
   optical flow between the frames (OpenCV DIS, medium preset, on the gray frames at long side
   ``flow_size``, 384 px), computed from the current frame to each past one directly (chained
-  flows, ``compose``, make one flow a frame serve the window but misplace more: measured in
-  documents/video.md). The flows need only the frames (``motion``), so the video lanes make
+  flows, one a frame composed over the window, were cheaper but misplaced more: measured in
+  documents/video.md, removed). The flows need only the frames (``motion``), so the video lanes make
   them beside the network calls, outside the ordered step. In the edge band the flow is replaced by the foreground's own (``foreground_flow``):
   the alpha moves with the person, while the flow at the person's edge mixes their motion with
   the background's and drags the edge. Averaged with the weights ``exp(-(dA / alpha_tau)^2)``
@@ -60,15 +60,10 @@ class TemporalState:
 
 @dataclass
 class PastFrame:
-    """One frame of ``flow``'s window: its gray frame at the flow's size (uint8 (fh,fw)), its
-    network alpha on the working grid (float32 (gh,gw) in [0,1]) and the flow from the window's
-    newest frame to it (float32 (fh,fw,2), x then y, in the flow's pixels; None for the newest
-    frame itself): the next frame's flow to this one is the next frame's flow to the newest
-    composed with this one (``compose``), so one optical flow a frame serves the whole window."""
+    """One frame of ``flow``'s window: its gray frame at the flow's size (uint8 (fh,fw)) and its
+    network alpha on the working grid (float32 (gh,gw) in [0,1])."""
     gray: np.ndarray
     alpha: np.ndarray
-    flow: np.ndarray | None = None
-    grid_flow: np.ndarray | None = None
 
 
 @dataclass
@@ -122,14 +117,6 @@ def flow_to_grid(flow: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     out = flow if (fh, fw) == (gh, gw) else cv2.resize(flow, (gw, gh), interpolation=cv2.INTER_LINEAR)
     out = out * np.float32([gw / fw, gh / fh])
     return out.astype(np.float32)
-
-
-def compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """The flow of ``first`` followed by ``second`` (both float32 (h,w,2) in the same pixels):
-    ``first(x) + second(x + first(x))``, ``second`` sampled bilinearly (border replicated).
-    With ``first`` this frame -> the previous one and ``second`` the previous -> an older one,
-    it is this frame -> the older one."""
-    return (first + warp(second, first)).astype(np.float32)
 
 
 @dataclass
@@ -195,7 +182,7 @@ class Stabiliser:
 
     def __init__(self, method: str = DEFAULT_TEMPORAL, strength: float = 0.6, image_tau: float = 0.04,
                  alpha_tau: float = 0.25, window: int = 3, grid: int = 512, flow_size: int = 384,
-                 fg_sigma: float = 6.0, cut: float = 0.1, compose: bool = False):
+                 fg_sigma: float = 6.0, cut: float = 0.1):
         if method not in TEMPORAL_METHODS or method == "none":
             raise ValueError(f"temporal method must be one of {TEMPORAL_METHODS[1:]}, got {method!r}")
         if not 0 <= strength < 1:
@@ -205,7 +192,6 @@ class Stabiliser:
                              f"got window={window!r}, grid={grid}, flow_size={flow_size}, alpha_tau={alpha_tau}")
         self.method, self.strength, self.image_tau, self.alpha_tau = method, strength, image_tau, alpha_tau
         self.window, self.grid, self.flow_size, self.fg_sigma, self.cut = window, grid, flow_size, fg_sigma, cut
-        self.compose = compose
         self.state: TemporalState | None = None
         self.past: deque[PastFrame] = deque(maxlen=max(1, window - 1))
         self._local = threading.local()  # a DIS object per thread: ``motion`` runs in several at once
@@ -213,10 +199,8 @@ class Stabiliser:
     @property
     def motion_frames(self) -> int:
         """How many previous frames ``motion`` wants (the newest first): the window's past
-        (one when the flows are composed), 0 for ``ema``."""
-        if self.method != "flow" or self.window == 1:
-            return 0
-        return 1 if self.compose else self.window - 1
+        0 for ``ema``."""
+        return self.window - 1 if self.method == "flow" else 0
 
     def motion(self, image: np.ndarray, previous: list[np.ndarray]) -> Motion:
         """The optical flows of frame ``image`` (uint8 RGB (H,W,3)) to the ``previous`` frames
@@ -271,18 +255,12 @@ class Stabiliser:
         total, weights = alpha.copy(), np.ones_like(alpha)
         if self.window > 1:
             fg = foreground_weights(alpha, self.fg_sigma * max(shape) / 320) if self.fg_sigma > 0 else None
-            newest = None
-            for age, frame in enumerate(reversed(self.past)):  # the newest first
-                if newest is None or not self.compose:  # this frame -> that one
-                    flow = made[age] if age < len(made) and made[age].shape[:2] == gray.shape else None
-                    flow = self._flow(gray, frame.gray) if flow is None else flow
-                    grid_flow = flow_to_grid(flow, shape)
-                    if fg is not None:
-                        grid_flow = foreground_flow(grid_flow, fg)
-                    newest = flow, grid_flow
-                else:  # this frame -> the newest past one -> this one
-                    flow, grid_flow = compose(newest[0], frame.flow), compose(newest[1], frame.grid_flow)
-                frame.flow, frame.grid_flow = flow, grid_flow  # this frame -> that one: the next frame composes with it
+            for age, frame in enumerate(reversed(self.past)):  # the newest first; flows this frame -> that one
+                flow = made[age] if age < len(made) and made[age].shape[:2] == gray.shape else None
+                flow = self._flow(gray, frame.gray) if flow is None else flow
+                grid_flow = flow_to_grid(flow, shape)
+                if fg is not None:
+                    grid_flow = foreground_flow(grid_flow, fg)
                 mismatch = np.abs(warp(frame.gray.astype(np.float32), flow) - gray).mean() / 255
                 if mismatch > self.cut:  # a cut or a flow that failed: that frame does not line up
                     continue
