@@ -66,9 +66,9 @@ def parse_args(argv=None):
                    help="an .onnx on a CPU: input shapes given fixed-shape sessions for /api/remove (faster; alphas "
                         "within 3e-8 of the dynamic graph's; 0: off; default: 4 on a CPU, else 0)")
     p.add_argument("--openvino", action="store_true",
-                   help="an .onnx on a CPU: /api/remove's calls while other requests are in the server run on "
-                        "OpenVINO at fp32 (the same .onnx; ~1.17x onnxruntime's speed on AMX Xeons; pip install "
-                        "openvino); default: onnxruntime")
+                   help="an .onnx on a CPU: /api/remove's calls run on OpenVINO (the same .onnx): at fp32 while other "
+                        "requests are in the server (~1.2x onnxruntime's speed), with --precision bf16 all of them in "
+                        "bf16 (~6x on AMX Xeons); /api/matte stays on onnxruntime at fp32; default: onnxruntime")
     p.add_argument("--max-batch", type=int, default=None,
                    help="photos per network call at most (default: as apply.py's --batch-size, 1 on a CPU, 8 on CUDA)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,

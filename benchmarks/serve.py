@@ -28,8 +28,8 @@ virtual environment, made on first use in ``--rembg-venv`` (``pip install
 the .onnx passed as rembg's clients pass it (form ``model``, query ``extras={"model_path":
 ...}``). Our server runs with ``--refine none`` (the same work as rembg's: the network's alpha
 resized) and its other defaults; each ``--ours FLAGS`` adds one more of our servers with those
-flags to the throughput cells (not to the memory run), each ``--pth FLAGS`` one on the same
-weights as a .pth (PyTorch), e.g. ``--pth='--precision bf16'``.
+flags to the throughput cells (to the memory run with ``--memory-servers ours`` or ``all``), each
+``--pth FLAGS`` one on the same weights as a .pth (PyTorch), e.g. ``--pth='--precision bf16'``.
 
 The machine is shared: the table prints ``uptime``'s load averages beside the figures. Compare
 ratios within one run.
@@ -316,6 +316,9 @@ def main():
     p.add_argument("--memory-requests", type=int, default=200,
                    help="mask requests of the memory run, on a fresh server, concurrency 8 (default: 200; the "
                         "steady-memory check: 2000)")
+    p.add_argument("--memory-servers", choices=("default", "ours", "all"), default="default",
+                   help="servers of the memory run: default (our default one and rembg's), ours (each --ours one "
+                        "only: rembg's 2,000 requests take ~12 min here), all but the --pth ones (default: default)")
     p.add_argument("--rembg-venv", default=os.path.join(tempfile.gettempdir(), "rembg-venv"),
                    help="rembg's own virtual environment, made on first use (default: %(default)s)")
     p.add_argument("--no-rembg", action="store_true", help="ours only")
@@ -403,7 +406,8 @@ def main():
         for server in servers:
             server.stop()
     for label, start in starters:
-        if args.memory_requests and " --" not in label and ".pth" not in label:  # the default one and rembg's
+        ours, default = label.startswith("serve.py --"), " --" not in label and ".pth" not in label
+        if args.memory_requests and {"default": default, "ours": ours, "all": ".pth" not in label}[args.memory_servers]:
             m = memory[label] = memory_run(start, photos, onnx_path, args.memory_requests)
             print(f"{label:16s} memory (fresh server, 8 clients): RSS after 100 {m['after_100']:.0f} MB, after "
                   f"{args.memory_requests} {m['final']:.0f} MB ({m['final'] / m['after_100'] - 1:+.1%}), peak "

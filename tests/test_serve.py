@@ -530,7 +530,6 @@ def test_a_default_onnx_server_opens_its_fixed_shape_sessions_at_start(onnx_weig
 
 # ---------------------------------------------------------------- --openvino: rembg's route on OpenVINO
 def test_the_openvino_view_runs_the_same_onnx_within_rounding(onnx_weights):
-    pytest.importorskip("openvino")
     from utils.inference.onnx_model import OnnxModel
     from utils.serving.openvino_model import openvino_view
 
@@ -550,11 +549,33 @@ def test_the_openvino_view_runs_the_same_onnx_within_rounding(onnx_weights):
         assert np.array_equal(alpha, view(batch))
     with pytest.raises(ValueError, match="streams"):
         openvino_view(model, SIZE, streams=0)
+    with pytest.raises(ValueError, match="fp32 or bf16, not --precision fp16"):
+        openvino_view(model, SIZE, streams=2, precision="fp16")
+
+
+def test_the_openvino_bf16_view_differs_from_fp32_by_bf16_rounding_only(onnx_weights, monkeypatch):
+    from utils.inference.onnx_model import OnnxModel
+    from utils.serving import openvino_model
+
+    model = OnnxModel(onnx_weights, threads=1)
+    one = np.random.default_rng(1).normal(size=(1, 3, SIZE, SIZE)).astype(np.float32)
+    exact = model(one)
+    if not openvino_model.native_bf16(__import__("openvino").Core()):
+        pytest.skip("this CPU has no native bf16")
+    view = openvino_model.openvino_view(model, SIZE, streams=2, precision="bf16")
+    assert view.precision == "bf16" and "bf16" in repr(view)
+    view.check_precision("bf16")  # what the server's Matter asks of it; the file itself refuses bf16
+    with pytest.raises(ValueError, match="exported with"):
+        model.check_precision("bf16")
+    difference = np.abs(view(one) - exact)
+    assert 0 < difference.max() < 0.05 and difference.mean() < 0.01  # it ran bf16, and only rounding differs
+    monkeypatch.setattr(openvino_model, "native_bf16", lambda core: False)
+    with pytest.raises(ValueError, match="no native bf16"):
+        openvino_model.openvino_view(model, SIZE, streams=2, precision="bf16")
 
 
 def test_an_openvino_server_answers_rembgs_route_and_refuses_what_it_cannot_run(onnx_weights, weights, jpeg,
                                                                                monkeypatch):
-    pytest.importorskip("openvino")
     from utils.serving import app as app_module
 
     photos = [encoded(photo(48 + 4 * i, 40 + 2 * i, seed=i), "JPEG", quality=95) for i in range(6)]
@@ -572,6 +593,32 @@ def test_an_openvino_server_answers_rembgs_route_and_refuses_what_it_cannot_run(
             ServeConfig(model=onnx_weights, openvino=True, **bad)
     with pytest.raises(ValueError, match="--openvino: .* not an .onnx"):
         app_module.load_matter(ServeConfig(model=weights, device="cpu", size=SIZE, openvino=True))
+    for bad, message in (({"precision": "fp16"}, "fp32 or bf16, not --precision fp16"),
+                         ({"precision": "bf16", "resize": "short_side"}, "leave out --resize short_side")):
+        with pytest.raises(ValueError, match=message):
+            ServeConfig(model=onnx_weights, openvino=True, **bad)
     monkeypatch.setattr(app_module, "openvino_available", lambda: False)
     with pytest.raises(ValueError, match="pip install openvino"):
         ServeConfig(model=onnx_weights, openvino=True)
+
+
+def test_an_openvino_bf16_server_runs_all_of_rembgs_route_in_bf16_and_keeps_apply_pys_bytes(onnx_weights):
+    from utils.serving.openvino_model import native_bf16
+
+    if not native_bf16(__import__("openvino").Core()):
+        pytest.skip("this CPU has no native bf16")
+    photos = [encoded(photo(48 + 4 * i, 40 + 2 * i, seed=i), "JPEG", quality=95) for i in range(6)]
+    with serving(onnx_weights, size=None, networks=2, openvino=True, precision="bf16") as client:
+        info = client.get("/api/info").json()
+        assert (info["remove_precision"], info["precision"], info["crowd_runtime"]) == ("bf16", "fp32", "openvino")
+        alone = [client.post("/api/remove", files=upload(d), data={"om": "true"}).content for d in photos]
+        with ThreadPoolExecutor(6) as pool:
+            crowded = list(pool.map(lambda d: client.post("/api/remove", files=upload(d), data={"om": "true"}).content,
+                                    photos))
+        mattes = [client.post("/api/matte", files=upload(d), data={"outputs": "alpha"}).content for d in photos]
+    with serving(onnx_weights, size=None, networks=2) as client:  # onnxruntime at fp32: apply.py's mattes
+        fp32 = [client.post("/api/matte", files=upload(d), data={"outputs": "alpha"}).content for d in photos]
+    assert crowded == alone  # one precision and one runtime for the route: the load does not change a mask
+    assert mattes == fp32  # /api/matte stays apply.py's fp32 graph, byte for byte
+    for mask, matte in zip(alone, mattes):
+        assert np.abs(decoded(mask).astype(int) - decoded(matte).astype(int)).max() <= 3  # bf16 rounding

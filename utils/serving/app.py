@@ -19,7 +19,7 @@ import os
 import secrets
 import sys
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
@@ -37,7 +37,7 @@ from utils.runs import find_weights, network_size
 
 from .batcher import Batcher
 from .limits import ApiError, Limits, Occupancy, UploadGate, decode_upload, parse_colour
-from .openvino_model import NOT_INSTALLED, openvino_available, openvino_view
+from .openvino_model import NOT_INSTALLED, PRECISION_HINTS, openvino_available, openvino_view
 from .render import FORMATS, encode, full_alpha, rembg_output, render
 
 log = logging.getLogger("serve")
@@ -64,8 +64,9 @@ class ServeConfig:
     ``OnnxModel``); max_batch/max_wait_ms: batching (max_batch None: apply.py's batch size, 1 on
     a CPU, 8 on CUDA); pool: threads for decoding, refinement and encoding;
     api_key: required in the X-API-Key header of the upload routes when set; cors: allowed
-    origins (none: no CORS headers); openvino: rembg's route on OpenVINO (fp32, the same .onnx)
-    while other requests are in the server (``utils.serving.openvino_model``)."""
+    origins (none: no CORS headers); openvino: rembg's route on OpenVINO (the same .onnx): at fp32
+    while other requests are in the server, at bf16 (precision) for all of that route's calls, while
+    /api/matte stays on onnxruntime at fp32, apply.py's bytes (``utils.serving.openvino_model``)."""
     model: str | None = None
     size: int | None = None
     resize: str = "square"
@@ -100,6 +101,11 @@ class ServeConfig:
             if self.threads is not None or self.static_shapes == 0:
                 raise ValueError("--openvino runs rembg's route beside the all-cores onnxruntime session: leave out "
                                  "--threads and --static-shapes 0")
+            if self.precision not in PRECISION_HINTS:
+                raise ValueError(f"--openvino runs at {' or '.join(PRECISION_HINTS)}, not --precision {self.precision}")
+            if self.precision == "bf16" and self.resize != "square":
+                raise ValueError("--openvino --precision bf16 compiles one input shape, the network's square: "
+                                 f"leave out --resize {self.resize}")
             if not openvino_available():
                 raise ValueError(NOT_INSTALLED)
 
@@ -194,7 +200,9 @@ def load_matter(config: ServeConfig) -> Loaded:
     options = MatteOptions(size=size, resize=config.resize, device=str(device), precision=config.precision,
                            batch_size=config.max_batch or default_batch_size(device),
                            refine=refine_options(config.refine))
-    matter = Matter(model, options, copy_model=False)
+    # --openvino --precision bf16: only rembg's route runs bf16 (OpenVINO); /api/matte keeps apply.py's fp32 graph
+    matte_options = replace(options, precision="fp32") if config.openvino else options
+    matter = Matter(model, matte_options, copy_model=False)
     static = config.static_shapes if config.static_shapes is not None else (4 if onnx and device == "cpu" else 0)
     if config.openvino and not (onnx and device == "cpu" and static):
         raise ValueError(f"--openvino: {path} is not an .onnx run on the CPU with fixed-shape sessions")
@@ -209,7 +217,9 @@ def load_matter(config: ServeConfig) -> Loaded:
         if not hybrid:
             raise ValueError(f"--openvino: {path} runs one network call at a time here ({networks}); it needs "
                              "several (two or more cores, no --networks 1)")
-        narrow = openvino_view(model, size, networks)  # one single-threaded stream per network thread
+        narrow = openvino_view(model, size, networks, config.precision)  # a single-threaded stream per network thread
+        if config.precision == "bf16":  # a photo alone too: one precision for the route, whatever the load
+            fixed = narrow
     if config.resize == "square":  # every input is (1, size, size): opened and run now
         warm_up(model, fixed, narrow, size, networks)
     return Loaded(matter, Matter(fixed, options, copy_model=False), path, source, networks, fixed,
@@ -345,7 +355,8 @@ def create_app(config: ServeConfig) -> FastAPI:
         matter, fixed = request.app.state.matter, request.app.state.fixed
         limits = config.limits
         return {"arch": matter.arch, "size": matter.options.size, "resize": matter.options.resize,
-                "device": matter.device, "precision": config.precision,
+                "device": matter.device, "precision": matter.options.precision,
+                "remove_precision": request.app.state.batcher.fast.options.precision,
                 "runtime": matter.runtime,
                 "refine": config.refine, "refine_methods": list(REFINE_METHODS), "outputs": list(OUTPUT_KINDS),
                 "formats": list(FORMATS), "max_batch": matter.options.batch_size, "max_wait_ms": config.max_wait_ms,
