@@ -553,6 +553,27 @@ def test_the_openvino_view_runs_the_same_onnx_within_rounding(onnx_weights):
         openvino_view(model, SIZE, streams=2, precision="fp16")
 
 
+FIRST_CALLS_AT_ONCE = """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+import numpy as np
+from utils.inference.onnx_model import OnnxModel
+from utils.serving.openvino_model import openvino_view
+view = openvino_view(OnnxModel(sys.argv[1], threads=1), int(sys.argv[2]), streams=2)
+batch = np.zeros((1, 3, int(sys.argv[2]), int(sys.argv[2])), np.float32)
+with ThreadPoolExecutor(2) as pool:
+    print(len(list(pool.map(view, [batch, batch]))))
+"""
+
+
+def test_a_fresh_openvino_view_takes_its_first_calls_from_two_threads_at_once(onnx_weights):
+    # A server's warm-up calls the view from every network thread at once: OpenVINO's first infer
+    # in a process, made by two threads together, once deadlocked in its numpy bindings' set-up.
+    done = subprocess.run([sys.executable, "-c", FIRST_CALLS_AT_ONCE, onnx_weights, str(SIZE)], timeout=120,
+                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr[-2000:]
+
+
 def test_the_openvino_bf16_view_differs_from_fp32_by_bf16_rounding_only(onnx_weights, monkeypatch):
     from utils.inference.onnx_model import OnnxModel
     from utils.serving import openvino_model

@@ -101,4 +101,7 @@ def openvino_view(model: OnnxModel, size: int, streams: int, precision: str = "f
     except RuntimeError as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{model.path}: OpenVINO cannot run this graph ({reason}); leave out --openvino") from err
+    # one call on this thread first: OpenVINO's pybind11 sets up its numpy bindings on the first infer, and
+    # two threads doing that at once deadlocked (seen in a server's warm-up, 2026-12-03)
+    view.compiled.create_infer_request().infer({0: np.zeros(view.shape, np.float32)})
     return view
