@@ -78,6 +78,8 @@ MATTING_DEFAULTS = {
     "linear_eps": 1e-5,  # regulariser of that fit, in (colour in [0,1])^2 (used when linear_radius >= 1)
     "polish_mp": 0.0,    # megapixels: photos up to this size then solve the full-size band (rembg's trimap at
                          # full size) again, warm-started from the linear model's alpha; 0: never
+    "polish_tol": 1e-4,  # the polish's conjugate gradients stop at this relative residual
+    "polish_max_iter": 400,  # or after this many iterations (each costs a full-size sweep of the band)
 }
 
 
@@ -319,21 +321,24 @@ def _trimap(alpha, k, low, high):
 
 
 def _check_matting(band, min_margin, low, high, eps, max_band, tol, max_iter, omega, pyramid, work_size, margin,
-                   linear_radius, linear_eps, work_scale, polish_mp):
+                   linear_radius, linear_eps, work_scale, polish_mp, polish_tol, polish_max_iter):
     problems = [name for name, ok in (
         ("band", band >= 0), ("min_margin", min_margin >= 1), ("low", 0 < low < high), ("high", low < high <= 1),
         ("eps", eps > 0), ("max_band", 0 < max_band <= 1), ("tol", 0 < tol < 1), ("max_iter", max_iter >= 1),
         ("omega", 0 <= omega < 2), ("pyramid", 1 <= pyramid <= 8), ("work_size", work_size >= 8), ("margin", margin >= 0),
         ("linear_radius", linear_radius >= 0 and float(linear_radius).is_integer()), ("linear_eps", linear_eps > 0),
-        ("work_scale", 0 < work_scale <= 1), ("polish_mp", polish_mp >= 0)) if not ok]
+        ("work_scale", 0 < work_scale <= 1), ("polish_mp", polish_mp >= 0), ("polish_tol", 0 < polish_tol < 1),
+        ("polish_max_iter", polish_max_iter >= 1 and float(polish_max_iter).is_integer())) if not ok]
     if problems:
         given = dict(band=band, min_margin=min_margin, low=low, high=high, eps=eps, max_band=max_band, tol=tol,
                      max_iter=max_iter, omega=omega, pyramid=pyramid, work_size=work_size, margin=margin,
-                     linear_radius=linear_radius, linear_eps=linear_eps, work_scale=work_scale, polish_mp=polish_mp)
+                     linear_radius=linear_radius, linear_eps=linear_eps, work_scale=work_scale, polish_mp=polish_mp,
+                     polish_tol=polish_tol, polish_max_iter=polish_max_iter)
         raise ValueError("matting: bad option(s) " + ", ".join(f"{k}={given[k]!r}" for k in problems)
                          + " (need band >= 0, min_margin >= 1, 0 < low < high <= 1, eps > 0, 0 < max_band <= 1, "
                            "0 < tol < 1, max_iter >= 1, 0 <= omega < 2, 1 <= pyramid <= 8, work_size >= 8, margin >= 0, "
-                           "linear_radius a whole number >= 0, linear_eps > 0, 0 < work_scale <= 1, polish_mp >= 0)")
+                           "linear_radius a whole number >= 0, linear_eps > 0, 0 < work_scale <= 1, polish_mp >= 0, "
+                           "0 < polish_tol < 1, polish_max_iter a whole number >= 1)")
 
 
 def matting_refine(image, coarse, options):
@@ -356,9 +361,9 @@ def matting_refine(image, coarse, options):
     eps, max_band, tol, max_iter = options["eps"], options["max_band"], options["tol"], options["max_iter"]
     omega, pyramid, work_size, margin = options["omega"], options["pyramid"], options["work_size"], options["margin"]
     linear_radius, linear_eps, work_scale = options["linear_radius"], options["linear_eps"], options["work_scale"]
-    polish_mp = options["polish_mp"]
+    polish_mp, polish_tol, polish_max_iter = options["polish_mp"], options["polish_tol"], options["polish_max_iter"]
     _check_matting(band, min_margin, low, high, eps, max_band, tol, max_iter, omega, pyramid, work_size, margin,
-                   linear_radius, linear_eps, work_scale, polish_mp)
+                   linear_radius, linear_eps, work_scale, polish_mp, polish_tol, polish_max_iter)
     height, width = image.shape[:2]
     levels = []
     _record(levels)
@@ -389,7 +394,7 @@ def matting_refine(image, coarse, options):
             fg, unknown = trimap_from_coarse(coarse, height, width, band=band, low=low, high=high,
                                              min_margin=min_margin)
             if unknown.any():
-                up = _solve_pyramid(image, unknown, fg, up, (eps, tol, max_iter, omega), 1, levels)
+                up = _solve_pyramid(image, unknown, fg, up, (eps, polish_tol, int(polish_max_iter), omega), 1, levels)
         _record(levels)
         return up
     if scale < 1.0:
