@@ -336,8 +336,8 @@ def summarise(rows, families, methods):
     """Markdown table: per family and size, medians over the cases (both coarse kinds) of each
     method's SAD and Grad over ``none``'s and over ``rembg``'s on the same case, seconds, peak."""
     lines = ["| family | MP | coarse | method | n | SAD | Grad | SAD/none | Grad/none | SAD/rembg | Grad/rembg "
-             "| wall s | CPU s | peak MB | band % | CG its | residual |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| rembg s / wall s | wall s | CPU s | peak MB | band % | CG its | residual |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by_case = {(r["case"], r["method"]): r for r in rows}
     for family in families:
         for mp in sorted({r["megapixels"] for r in rows if r["family"] == family}):
@@ -352,11 +352,13 @@ def summarise(rows, families, methods):
                         for key in ("sad", "grad"):
                             ratio[base, key] = _median(r[key] / by_case[r["case"], base][key] for r in mine
                                                        if (r["case"], base) in by_case)
+                    speed = _median(by_case[r["case"], "rembg"]["seconds"] / r["seconds"] for r in mine
+                                    if (r["case"], "rembg") in by_case)
                     stats = [r.get("stats") or {} for r in mine]
                     lines.append(
                         f"| {family} | {mp:g} | {coarse} | {method} | {len(mine)} | {_median(r['sad'] for r in mine):.2f} | "
                         f"{_median(r['grad'] for r in mine):.2f} | {ratio['none', 'sad']:.2f} | {ratio['none', 'grad']:.2f} | "
-                        f"{ratio['rembg', 'sad']:.2f} | {ratio['rembg', 'grad']:.2f} | {_median(r['seconds'] for r in mine):.2f} | "
+                        f"{ratio['rembg', 'sad']:.2f} | {ratio['rembg', 'grad']:.2f} | {speed:.1f}x | {_median(r['seconds'] for r in mine):.2f} | "
                         f"{_median(r['cpu_s'] for r in mine):.2f} | {_median(r['peak_mb'] for r in mine):.0f} | "
                         + (f"{100 * _median(s.get('band_share', float('nan')) for s in stats):.1f} | "
                            f"{_median(s.get('iterations', float('nan')) for s in stats):.0f} | "
