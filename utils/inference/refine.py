@@ -354,7 +354,9 @@ def matting_refine(image, coarse, options):
     Each solve starts from the solution of the same problem at half the resolution (``pyramid``
     levels), so the conjugate gradients only have the fine detail left to find. Photos of at most
     ``polish_mp`` megapixels are then solved once more at full size on the full-size trimap's band,
-    starting from the linear model's alpha (converged, that is the whole-photo closed-form solution).
+    starting from the linear model's alpha (converged, that is the whole-photo closed-form solution),
+    to ``polish_tol`` or ``polish_max_iter`` iterations (stopped early it moves the alpha towards
+    that solution only slowly: documents/refinement.md).
     """
     guided = options["guided"]
     band, min_margin, low, high = options["band"], options["min_margin"], options["low"], options["high"]
