@@ -48,13 +48,9 @@ def reference(matter, frames):
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("motion_in_lanes", [False, True])  # the stabiliser's flows in its ordered step, or beside
-def test_lanes_give_the_core_streams_alphas_in_order(matter, threads, motion_in_lanes, monkeypatch):
+def test_lanes_give_the_core_streams_alphas_in_order(matter, threads):
     import cv2
 
-    import utils.inference.video as video
-
-    monkeypatch.setattr(video, "LANE_MOTION", motion_in_lanes)
     expected = reference(matter, list(moving_frames()))
     assert cpu_lanes(matter) == 2
     cv_threads = cv2.getNumThreads()

@@ -62,7 +62,6 @@ COMPOSITE_CRF = 18   # visually lossless for x264
 CUTOUT_CRF = 24      # VP9 (with -b:v 0: constant quality)
 QUEUE_FRAMES = 8     # decoded frames held ahead of the network (bounded memory)
 MAX_LANES = 4        # frames in the network at once on a CPU (frame_results); each holds its activations
-LANE_MOTION = False  # True: the lanes make the stabiliser's flows beside the network calls (measured slower: video.md)
 LANE_CV_THREADS = True  # OpenCV's threads shared between the lanes as PyTorch's are (1 each on 2 cores)
 _CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".webm": "webm", ".mkv": "matroska", ".png": None}
 _AUDIO_FALLBACK = {"mp4": "aac", "mov": "aac", "webm": "libopus"}
@@ -701,13 +700,12 @@ def frame_results(matter, frames: Iterator[Frame], stabilise=None) -> Iterator:
 
 class _Lanes:
     """One clip through ``frame_results``' lanes: a pool of ``lanes`` threads, each taking the
-    next frame through prepare -> network -> the stabiliser's motion (its optical flows to the
-    frames before, where it has one: no state, so beside the other lanes) -> (in frame order)
-    the stabiliser's step -> refinement."""
+    next frame through prepare -> network -> (in frame order) the stabiliser's step ->
+    refinement. (Making the stabiliser's flows in the lanes beside the network calls was
+    measured slower and removed: documents/video.md.)"""
 
     def __init__(self, matter, stabilise, lanes: int):
         self.matter, self.stabilise, self.lanes = matter, stabilise, lanes
-        self.history = getattr(stabilise, "motion_frames", 0) if LANE_MOTION else 0  # previous frames each needs
         self.turn = 0                   # the frame whose stabiliser step is next
         self.failed: int | None = None  # the first frame whose network call failed: later ones need not wait
         self.order = threading.Condition()
@@ -720,10 +718,9 @@ class _Lanes:
         """Frame ``index`` failed (called holding ``order``): the earliest failure ends the clip."""
         self.failed = index if self.failed is None else min(self.failed, index)
 
-    def _frame(self, frame: Frame, previous: list[np.ndarray]):
+    def _frame(self, frame: Frame):
         try:
             small = self.matter.network(self.matter.prepare(frame.image)[None])[0]
-            motion = self.stabilise.motion(frame.image, previous) if self.history else None
         except BaseException:  # the clip ends at this frame (raised in order by ``run``)
             with self.order:
                 self._fail(frame.index)
@@ -735,7 +732,7 @@ class _Lanes:
                 return None  # after a failure: never handed out
             try:
                 if self.stabilise is not None:
-                    small = self.stabilise(frame, frame.image, small, motion=motion)
+                    small = self.stabilise(frame, frame.image, small)
             except BaseException:
                 self._fail(frame.index)
                 raise
@@ -749,13 +746,10 @@ class _Lanes:
 
     def run(self, frames: Iterator[Frame]) -> Iterator:
         pending: deque = deque()
-        before: deque = deque(maxlen=max(1, self.history))  # the last frames' pictures, the newest first
         pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="lane")
         try:
             for frame in frames:
-                pending.append(pool.submit(self._frame, frame, list(before)))
-                if self.history:
-                    before.appendleft(frame.image)
+                pending.append(pool.submit(self._frame, frame))
                 if len(pending) >= 2 * self.lanes:  # bounded: at most 2 x lanes frames in flight
                     yield pending.popleft().result()  # a network error (ModelOutputError) ends the clip here
             while pending:
