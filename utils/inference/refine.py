@@ -86,6 +86,7 @@ MATTING_DEFAULTS = {
 _STATS = threading.local()
 PYRAMID_MIN_UNKNOWN = 4000  # a smaller band converges fast enough on its own
 FRACTIONAL = 1e-3  # a working alpha in (this, 1 - this) is fractional: its pixels are solved again at full size
+GUIDED_WHOLE_PIXELS = 1 << 22  # guided: up to 4 MP the coefficients are resized whole, above in strips (memory)
 
 
 def last_matting_stats():
@@ -274,16 +275,24 @@ def guided_refine(image, coarse, *, work_size, radius, eps, rows=512):
     guide = _resize(image, h, w).astype(np.float32) / 255.0
     p = alpha_to_size(coarse, h, w)
     coef = _guided_coefficients(guide, p, radius, eps)
+    if height * width <= GUIDED_WHOLE_PIXELS:  # one cv2.resize: 4-5x faster than the strips at 720p
+        planes = cv2.split(cv2.resize(coef, (width, height), interpolation=cv2.INTER_LINEAR))
+        return np.clip(_apply_planes(planes, image), 0.0, 1.0)
     out = np.empty((height, width), np.float32)
     for top in range(0, height, rows):  # coefficients upsampled and applied a strip at a time
         bottom = min(height, top + rows)
-        strip = _upsample_rows(coef, height, width, top, bottom)
-        pixels = image[top:bottom].astype(np.float32) * np.float32(1 / 255)
-        q = strip[..., 3]
-        for k in range(3):
-            q += strip[..., k] * pixels[..., k]
-        out[top:bottom] = q
+        out[top:bottom] = _apply_planes(cv2.split(_upsample_rows(coef, height, width, top, bottom)), image[top:bottom])
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _apply_planes(planes, image):
+    """q = a . I + b: planes (a_r, a_g, a_b, b) float32 (h,w) each, image uint8 (h,w,3) ->
+    float32 (h,w). OpenCV's per-plane products on contiguous planes (numpy's on the
+    interleaved channels were 3x slower)."""
+    q = planes[3]
+    for k, channel in enumerate(cv2.split(image)):
+        q = cv2.add(q, cv2.multiply(planes[k], channel, scale=1 / 255, dtype=cv2.CV_32F))
+    return q
 
 
 def _upsample_rows(coef, height, width, top, bottom):
