@@ -106,3 +106,41 @@ def test_lanes_only_for_pytorch_on_a_cpu(matter, threads):
     assert cpu_lanes(types.SimpleNamespace(runtime="pytorch", device="cuda:0")) == 1
     torch.set_num_threads(1)
     assert cpu_lanes(matter) == 1  # one thread: the core's stream itself
+
+
+@pytest.mark.parametrize("whole", [True, False])  # the coefficients resized whole (up to 4 MP), or in strips
+def test_guided_refinement_applies_its_coefficients_as_the_plain_formula(whole, monkeypatch):
+    """``guided_refine``'s full-size step (sped up for 720p video, shared with photos) gives
+    q = a . I + b with the coefficients bilinearly upsampled (half-pixel centres), within
+    1e-5, so the 8-bit alphas are the same to 1/255; both paths, odd sizes, 3 strips."""
+    import cv2
+
+    from utils.inference import refine
+
+    monkeypatch.setattr(refine, "GUIDED_WHOLE_PIXELS", 1 << 22 if whole else 0)
+    rng = np.random.default_rng(3)
+    height, width = 301, 517
+    image = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 2)
+    coarse = cv2.GaussianBlur((rng.random((40, 40)) > 0.5).astype(np.float32), (0, 0), 2)
+    options = dict(work_size=128, radius=3, eps=1e-3)
+    got = refine.guided_refine(image, coarse, **options, rows=100)
+    # the plain formula: the working grid's coefficients, each plane upsampled by numpy's own
+    # bilinear interpolation, then the per-pixel dot product
+    scale = 128 / width
+    h, w = round(height * scale), round(width * scale)
+    guide = refine._resize(image, h, w).astype(np.float32) / 255
+    coef = refine._guided_coefficients(guide, refine.alpha_to_size(coarse, h, w), 3, 1e-3).astype(np.float64)
+
+    def axis(n_out, n_in):
+        x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        lo = np.floor(x).astype(int)
+        return lo, np.minimum(lo + 1, n_in - 1), x - lo
+
+    y0, y1, wy = axis(height, h)
+    x0, x1, wx = axis(width, w)
+    rows = coef[y0] * (1 - wy)[:, None, None] + coef[y1] * wy[:, None, None]
+    full = rows[:, x0] * (1 - wx)[None, :, None] + rows[:, x1] * wx[None, :, None]
+    want = np.clip((full[..., :3] * (image / 255.0)).sum(2) + full[..., 3], 0, 1)
+    assert got.shape == (height, width) and got.dtype == np.float32
+    assert np.abs(got - want).max() < 1e-5
+    assert 0.05 < want.std()  # not a constant alpha: the check can fail
