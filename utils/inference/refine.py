@@ -329,21 +329,19 @@ def _trimap(alpha, k, low, high):
     return fg, some & ~fg
 
 
-def _check_matting(band, min_margin, low, high, eps, max_band, tol, max_iter, omega, pyramid, work_size, margin,
-                   linear_radius, linear_eps, work_scale, polish_mp, polish_tol, polish_max_iter):
+def _check_matting(**o):
+    """Raise ValueError naming each of the matting options ``o`` (``MATTING_DEFAULTS``' keys) whose value is bad."""
     problems = [name for name, ok in (
-        ("band", band >= 0), ("min_margin", min_margin >= 1), ("low", 0 < low < high), ("high", low < high <= 1),
-        ("eps", eps > 0), ("max_band", 0 < max_band <= 1), ("tol", 0 < tol < 1), ("max_iter", max_iter >= 1),
-        ("omega", 0 <= omega < 2), ("pyramid", 1 <= pyramid <= 8), ("work_size", work_size >= 8), ("margin", margin >= 0),
-        ("linear_radius", linear_radius >= 0 and float(linear_radius).is_integer()), ("linear_eps", linear_eps > 0),
-        ("work_scale", 0 < work_scale <= 1), ("polish_mp", polish_mp >= 0), ("polish_tol", 0 < polish_tol < 1),
-        ("polish_max_iter", polish_max_iter >= 1 and float(polish_max_iter).is_integer())) if not ok]
+        ("band", o["band"] >= 0), ("min_margin", o["min_margin"] >= 1), ("low", 0 < o["low"] < o["high"]),
+        ("high", o["low"] < o["high"] <= 1), ("eps", o["eps"] > 0), ("max_band", 0 < o["max_band"] <= 1),
+        ("tol", 0 < o["tol"] < 1), ("max_iter", o["max_iter"] >= 1), ("omega", 0 <= o["omega"] < 2),
+        ("pyramid", 1 <= o["pyramid"] <= 8), ("work_size", o["work_size"] >= 8), ("margin", o["margin"] >= 0),
+        ("linear_radius", o["linear_radius"] >= 0 and float(o["linear_radius"]).is_integer()),
+        ("linear_eps", o["linear_eps"] > 0), ("work_scale", 0 < o["work_scale"] <= 1), ("polish_mp", o["polish_mp"] >= 0),
+        ("polish_tol", 0 < o["polish_tol"] < 1),
+        ("polish_max_iter", o["polish_max_iter"] >= 1 and float(o["polish_max_iter"]).is_integer())) if not ok]
     if problems:
-        given = dict(band=band, min_margin=min_margin, low=low, high=high, eps=eps, max_band=max_band, tol=tol,
-                     max_iter=max_iter, omega=omega, pyramid=pyramid, work_size=work_size, margin=margin,
-                     linear_radius=linear_radius, linear_eps=linear_eps, work_scale=work_scale, polish_mp=polish_mp,
-                     polish_tol=polish_tol, polish_max_iter=polish_max_iter)
-        raise ValueError("matting: bad option(s) " + ", ".join(f"{k}={given[k]!r}" for k in problems)
+        raise ValueError("matting: bad option(s) " + ", ".join(f"{k}={o[k]!r}" for k in problems)
                          + " (need band >= 0, min_margin >= 1, 0 < low < high <= 1, eps > 0, 0 < max_band <= 1, "
                            "0 < tol < 1, max_iter >= 1, 0 <= omega < 2, 1 <= pyramid <= 8, work_size >= 8, margin >= 0, "
                            "linear_radius a whole number >= 0, linear_eps > 0, 0 < work_scale <= 1, polish_mp >= 0, "
@@ -373,8 +371,7 @@ def matting_refine(image, coarse, options):
     omega, pyramid, work_size, margin = options["omega"], options["pyramid"], options["work_size"], options["margin"]
     linear_radius, linear_eps, work_scale = options["linear_radius"], options["linear_eps"], options["work_scale"]
     polish_mp, polish_tol, polish_max_iter = options["polish_mp"], options["polish_tol"], options["polish_max_iter"]
-    _check_matting(band, min_margin, low, high, eps, max_band, tol, max_iter, omega, pyramid, work_size, margin,
-                   linear_radius, linear_eps, work_scale, polish_mp, polish_tol, polish_max_iter)
+    _check_matting(**{k: v for k, v in options.items() if k != "guided"})
     height, width = image.shape[:2]
     levels = []
     _record(levels)
