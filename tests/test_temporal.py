@@ -125,24 +125,6 @@ def test_warp_and_flow_to_grid_move_by_the_flow():
     assert grid.shape == (10, 10, 2) and np.allclose(grid[..., 0], 1) and np.allclose(grid[..., 1], 1)
 
 
-def test_motion_made_ahead_gives_the_same_alphas():
-    # The video lanes make each frame's flows (``motion``) beside the network calls and hand
-    # them to the ordered step: the alphas are exactly those of flows made in the step; a
-    # frame of another size gets no flow to the frames before it.
-    rng = np.random.default_rng(5)
-    picture = textured(rng, H, W + 40)
-    frames = [np.ascontiguousarray(picture[:, 2 * i:2 * i + W]) for i in range(6)]
-    coarses = [np.clip(disc(40 + 2 * i, 36) + rng.normal(0, 0.03, (H, W)), 0, 1).astype(np.float32) for i in range(6)]
-    inline, ahead = make_stabiliser("flow"), make_stabiliser("flow")
-    assert ahead.motion_frames == 2
-    assert make_stabiliser("ema").motion_frames == 0
-    for i, (image, coarse) in enumerate(zip(frames, coarses)):
-        motion = ahead.motion(image, frames[max(0, i - 2):i][::-1])
-        assert len(motion.flows) == min(i, 2)
-        assert np.array_equal(inline(None, image, coarse), ahead(None, image, coarse, motion=motion))
-    assert ahead.motion(frames[0], [frames[1][:40, :40]]).flows == []
-
-
 def test_foreground_flow_spreads_the_foregrounds_own_motion_over_its_band():
     # The flow is +4 px inside a disc and -2 outside: near the disc's edge (its band, within
     # the spread) the foreground's +4 replaces the mixed flow; far away the background's stays.

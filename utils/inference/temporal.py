@@ -23,8 +23,7 @@ table):
   optical flow between the frames (OpenCV DIS, medium preset, on the gray frames at long side
   ``flow_size``, 384 px), computed from the current frame to each past one directly (chained
   flows, one a frame composed over the window, were cheaper but misplaced more: measured in
-  documents/video.md, removed). The flows need only the frames (``motion``), so the video lanes make
-  them beside the network calls, outside the ordered step. In the edge band the flow is replaced by the foreground's own (``foreground_flow``):
+  documents/video.md, removed). In the edge band the flow is replaced by the foreground's own (``foreground_flow``):
   the alpha moves with the person, while the flow at the person's edge mixes their motion with
   the background's and drags the edge. Averaged with the weights ``exp(-(dA / alpha_tau)^2)``
   (dA the warped alpha's difference from the current one, the current weighing 1): where the
@@ -39,7 +38,6 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
-import threading
 
 import cv2
 import numpy as np
@@ -64,16 +62,6 @@ class PastFrame:
     network alpha on the working grid (float32 (gh,gw) in [0,1])."""
     gray: np.ndarray
     alpha: np.ndarray
-
-
-@dataclass
-class Motion:
-    """The picture side of one ``flow`` step, made ahead of its turn (``Stabiliser.motion``:
-    it needs only the frames, not the stabiliser's state): the frame's gray at the flow's size
-    (uint8 (fh,fw)) and its flows (float32 (fh,fw,2)) to the previous frames, the newest first,
-    as many as were given of the same size."""
-    gray: np.ndarray
-    flows: list[np.ndarray]
 
 
 def small_gray(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -194,27 +182,7 @@ class Stabiliser:
         self.window, self.grid, self.flow_size, self.fg_sigma, self.cut = window, grid, flow_size, fg_sigma, cut
         self.state: TemporalState | None = None
         self.past: deque[PastFrame] = deque(maxlen=max(1, window - 1))
-        self._local = threading.local()  # a DIS object per thread: ``motion`` runs in several at once
-
-    @property
-    def motion_frames(self) -> int:
-        """How many previous frames ``motion`` wants (the newest first): the window's past
-        0 for ``ema``."""
-        return self.window - 1 if self.method == "flow" else 0
-
-    def motion(self, image: np.ndarray, previous: list[np.ndarray]) -> Motion:
-        """The optical flows of frame ``image`` (uint8 RGB (H,W,3)) to the ``previous`` frames
-        (the newest first, at most ``motion_frames``), for ``__call__(..., motion=)`` when its
-        turn comes: the flow is most of the stabiliser's time and needs no state, so a caller
-        with the frames at hand (the video lanes) makes it beside the network calls instead of
-        in the ordered step. Thread-safe. Flows stop at the first frame of another size."""
-        gray = self._gray(image)
-        flows = []
-        for before in previous[:self.motion_frames]:
-            if before.shape != image.shape:
-                break
-            flows.append(self._flow(gray, self._gray(before)))
-        return Motion(gray, flows)
+        self._dis = None
 
     def _gray(self, image: np.ndarray) -> np.ndarray:
         """uint8 RGB (H,W,3) -> uint8 gray at the flow's size (area-averaged)."""
@@ -224,16 +192,14 @@ class Stabiliser:
 
     def _flow(self, gray: np.ndarray, before: np.ndarray) -> np.ndarray:
         """DIS flow (medium preset) from ``gray`` to ``before``: float32 (fh,fw,2)."""
-        dis = getattr(self._local, "dis", None)
-        if dis is None:
-            dis = self._local.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-        return dis.calc(gray, before, None)
+        if self._dis is None:
+            self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        return self._dis.calc(gray, before, None)
 
-    def __call__(self, item, image: np.ndarray, coarse: np.ndarray, motion: Motion | None = None) -> np.ndarray:
-        """One frame's step (class docstring); ``motion``: this frame's ``motion`` against the
-        frames before it (the ones this stabiliser saw last, in order), else it is made here."""
+    def __call__(self, item, image: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+        """One frame's step (class docstring)."""
         if self.method == "flow":
-            return self._window(image, coarse, motion)
+            return self._window(image, coarse)
         gray = small_gray(image, coarse.shape)
         if self.state is None or self.state.gray.shape != gray.shape:
             out = coarse.astype(np.float32)
@@ -243,21 +209,19 @@ class Stabiliser:
         self.state = TemporalState(gray, out)
         return out
 
-    def _window(self, image: np.ndarray, coarse: np.ndarray, motion: Motion | None) -> np.ndarray:
+    def _window(self, image: np.ndarray, coarse: np.ndarray) -> np.ndarray:
         """``flow``: the gated average of the window's alphas warped to this frame (float32 on
         the working grid)."""
         shape = fit_long_side(*image.shape[:2], self.grid)
         alpha = alpha_to_size(coarse, *shape)
-        gray = motion.gray if motion is not None else self._gray(image)
-        made = motion.flows if motion is not None else []
+        gray = self._gray(image)
         if self.past and (self.past[-1].gray.shape != gray.shape or self.past[-1].alpha.shape != alpha.shape):
             self.past.clear()  # the frame size changed: the past does not line up
         total, weights = alpha.copy(), np.ones_like(alpha)
         if self.window > 1:
             fg = foreground_weights(alpha, self.fg_sigma * max(shape) / 320) if self.fg_sigma > 0 else None
-            for age, frame in enumerate(reversed(self.past)):  # the newest first; flows this frame -> that one
-                flow = made[age] if age < len(made) and made[age].shape[:2] == gray.shape else None
-                flow = self._flow(gray, frame.gray) if flow is None else flow
+            for frame in reversed(self.past):  # the newest first; flows this frame -> that one
+                flow = self._flow(gray, frame.gray)
                 grid_flow = flow_to_grid(flow, shape)
                 if fg is not None:
                     grid_flow = foreground_flow(grid_flow, fg)
