@@ -37,7 +37,7 @@ from utils.runs import find_weights, network_size
 
 from .batcher import Batcher
 from .limits import ApiError, Limits, Occupancy, UploadGate, decode_upload, parse_colour
-from .openvino_model import NOT_INSTALLED, PRECISION_HINTS, openvino_available, openvino_view
+from .openvino_model import NOT_INSTALLED, check_openvino_precision, openvino_available, openvino_view
 from .render import FORMATS, encode, full_alpha, rembg_output, render
 
 log = logging.getLogger("serve")
@@ -101,8 +101,7 @@ class ServeConfig:
             if self.threads is not None or self.static_shapes == 0:
                 raise ValueError("--openvino runs rembg's route beside the all-cores onnxruntime session: leave out "
                                  "--threads and --static-shapes 0")
-            if self.precision not in PRECISION_HINTS:
-                raise ValueError(f"--openvino runs at {' or '.join(PRECISION_HINTS)}, not --precision {self.precision}")
+            check_openvino_precision(self.precision)
             if self.precision == "bf16" and self.resize != "square":
                 raise ValueError("--openvino --precision bf16 compiles one input shape, the network's square: "
                                  f"leave out --resize {self.resize}")
@@ -208,18 +207,21 @@ def load_matter(config: ServeConfig) -> Loaded:
         raise ValueError(f"--openvino: {path} is not an .onnx run on the CPU with fixed-shape sessions")
     if not (onnx and static):
         return Loaded(matter, matter, path, source, networks)
-    # spinning off where narrow calls may run beside it: its idle threads would take their cores
     hybrid = networks > 1 and not config.threads
-    fixed = model.static_view(static, spinning=False) if hybrid else model.static_view(static)
-    # a photo alone runs on all the cores (fixed), several on `threads` each (narrow); --threads: always that
-    narrow = model.static_view(static, threads) if hybrid else None
+    if config.openvino and not hybrid:
+        raise ValueError(f"--openvino: {path} runs one network call at a time here ({networks}); it needs "
+                         "several (two or more cores, no --networks 1)")
+    # a photo alone runs on all the cores (fixed), several on `threads` each (narrow); --threads: always that.
+    # --openvino: narrow is a single-threaded OpenVINO stream per network thread, and with bf16 fixed is too
+    # (one precision for the route, whatever the load)
     if config.openvino:
-        if not hybrid:
-            raise ValueError(f"--openvino: {path} runs one network call at a time here ({networks}); it needs "
-                             "several (two or more cores, no --networks 1)")
-        narrow = openvino_view(model, size, networks, config.precision)  # a single-threaded stream per network thread
-        if config.precision == "bf16":  # a photo alone too: one precision for the route, whatever the load
-            fixed = narrow
+        narrow = openvino_view(model, size, networks, config.precision)
+    else:
+        narrow = model.static_view(static, threads) if hybrid else None
+    if config.openvino and config.precision == "bf16":
+        fixed = narrow
+    else:  # spinning off where narrow calls may run beside it: its idle threads would take their cores
+        fixed = model.static_view(static, spinning=False) if hybrid else model.static_view(static)
     if config.resize == "square":  # every input is (1, size, size): opened and run now
         warm_up(model, fixed, narrow, size, networks)
     return Loaded(matter, Matter(fixed, options, copy_model=False), path, source, networks, fixed,

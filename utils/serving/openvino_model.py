@@ -64,6 +64,12 @@ class OpenVinoView(OnnxModel):
         return f"OpenVinoView({self.path!r}, arch={self.arch}, shape={self.shape}, precision={self.precision})"
 
 
+def check_openvino_precision(precision: str) -> None:
+    """Raise ValueError unless ``precision`` is one OpenVINO runs here (fp32 or bf16)."""
+    if precision not in PRECISION_HINTS:
+        raise ValueError(f"--openvino runs at {' or '.join(PRECISION_HINTS)}, not --precision {precision}")
+
+
 def native_bf16(core) -> bool:
     """True when OpenVINO's CPU plugin runs bf16 natively here (AVX512-BF16 or AMX)."""
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -76,8 +82,7 @@ def openvino_view(model: OnnxModel, size: int, streams: int, precision: str = "f
     (naming the file)."""
     if streams < 1:
         raise ValueError(f"streams must be >= 1, got {streams}")
-    if precision not in PRECISION_HINTS:
-        raise ValueError(f"--openvino runs at {' or '.join(PRECISION_HINTS)}, not --precision {precision}")
+    check_openvino_precision(precision)
     try:
         import openvino as ov
     except ImportError as err:
