@@ -4,6 +4,9 @@
     python benchmarks/video.py --height 720 --seconds 5 # 720p (1080: --height 1080)
     python benchmarks/video.py --skip-speed --skip-memory   # the quality table only (a minute)
     python benchmarks/video.py --skip-quality --skip-memory --random-speed-weights --archs u2netp --precisions bf16
+    python benchmarks/video.py --skip-quality --skip-memory --random-speed-weights --archs u2netp \
+        --speed-heights 720,1080 --speed-seconds 5 --work /tmp/clips   # the issue's spec: 5 s at 720p and 1080p
+    python benchmarks/video.py --skip-quality --skip-speed --memory-seconds 10,60 --memory-precision bf16
 
 Clips: seeded synthetic people (``data_examples/make_examples.person``: body, head and thin,
 partly transparent hair strands drawn at 4x and area-downsampled) that move across the frame,
@@ -28,7 +31,8 @@ Speed: apply.py (its defaults: guided refinement, the default temporal method) o
 (alpha/<frame>.png), each in a child process; frames/s = frames / the child's wall time
 (start-up and model loading included: end to end), for U2NETP and U2NET in fp32 and bf16.
 Weights: the trained ones where found, else random ones (speed does not depend on them).
-Memory: the child's peak resident set (VmHWM) for a clip and one 6x longer, U2NETP fp32.
+Memory: the child's peak resident set (VmHWM) for clips of each ``--memory-seconds`` (default 1
+and 6 s; the issue's goal compares 10 and 60 s), U2NETP with random weights.
 """
 import argparse
 import json
@@ -60,13 +64,22 @@ def synthetic_clip(height=360, seconds=3.0, fps=30, seed=SEED, motion=1.0):
     """-> (frames uint8 RGB (H,W,3), alphas float32 (H,W) in [0,1]) lists: a person moving,
     turning and scaling over a panning textured background (module docstring). motion scales
     every movement: 1 the issue's clip, 0.1 a video call (a person swaying, a still camera)."""
+    frames, alphas = [], []
+    for image, a in synthetic_frames(height, seconds, fps, seed, motion):
+        frames.append(image)
+        alphas.append(a)
+    return frames, alphas
+
+
+def synthetic_frames(height=360, seconds=3.0, fps=30, seed=SEED, motion=1.0):
+    """synthetic_clip's (frame, alpha) pairs one at a time (the same values), so that a long clip
+    can be written without holding it."""
     rng = np.random.default_rng(seed)
     width = int(round(height * 16 / 9)) // 2 * 2
     ph = int(height * 0.9)
     pw = int(ph * 0.75)
     colours, alpha = make_examples.person(rng, ph, pw)
     background = make_examples.texture(rng, height, width * 2)
-    frames, alphas = [], []
     n = int(round(seconds * fps))
     for i in range(n):
         t = i / fps
@@ -81,26 +94,28 @@ def synthetic_clip(height=360, seconds=3.0, fps=30, seed=SEED, motion=1.0):
         pan = int(round(motion * t * width * 0.25)) % width
         bg = background[:, pan:pan + width].astype(np.float32)
         image = a[..., None] * fg.astype(np.float32) + (1 - a[..., None]) * bg + rng.normal(0, 2, bg.shape)
-        frames.append(np.clip(image + 0.5, 0, 255).astype(np.uint8))
-        alphas.append(np.clip(a, 0, 1).astype(np.float32))
-    return frames, alphas
+        yield np.clip(image + 0.5, 0, 255).astype(np.uint8), np.clip(a, 0, 1).astype(np.float32)
 
 
 def write_clip(path, frames, fps=30):
-    """frames -> an H.264 mp4 (CRF 16) with PyAV."""
+    """frames (a list or an iterable of uint8 RGB (H,W,3)) -> an H.264 mp4 (CRF 16) with PyAV;
+    returns the frame count."""
     import av
 
     with av.open(path, "w") as out:
         stream = out.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt, stream.options = "yuv420p", {"crf": "16"}
+        i = -1
         for i, image in enumerate(frames):
+            if i == 0:
+                stream.height, stream.width = image.shape[:2]
+                stream.pix_fmt, stream.options = "yuv420p", {"crf": "16"}
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts = i
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+    return i + 1
 
 
 def jittered(alpha, rng):
@@ -183,50 +198,98 @@ def random_weights(folder, arch):
     return path
 
 
-def speed(folder, frames, weights, archs, precisions, repeats=3):
-    """[(arch, precision, video fps, PNG fps, ratio, video cores, PNG cores)] with apply.py's
-    defaults: medians of ``repeats`` runs each, video and PNG runs alternating (a shared
-    machine's drift hits both); cores: CPU seconds / wall seconds of the child (how many cores
-    it kept busy on average, start-up included)."""
-    clip = os.path.join(folder, "speed.mp4")
-    write_clip(clip, frames)
-    png_dir = os.path.join(folder, "speed_png")
-    os.makedirs(png_dir, exist_ok=True)
-    for i, image in enumerate(frames):
-        cv2.imwrite(os.path.join(png_dir, f"{i:06d}.png"), image[..., ::-1])
+def prepare_speed(folder, height, seconds):
+    """Write the speed clip (seed 22's moving clip, height x 16:9, 30 fps) as an mp4 and as PNG
+    frames, and a one-frame clip and folder (for the start-up runs), under
+    ``folder/speed_<w>x<h>_<frames>/``; a folder made before (with its ``complete`` marker) is
+    reused. -> {"video", "png", "video_1", "png_1": paths, "frames": int, "size": (w, h)}."""
+    width = int(round(height * 16 / 9)) // 2 * 2
+    n = int(round(seconds * 30))
+    root = os.path.join(folder, f"speed_{width}x{height}_{n}")
+    paths = {"video": os.path.join(root, "clip.mp4"), "png": os.path.join(root, "png"),
+             "video_1": os.path.join(root, "first.mp4"), "png_1": os.path.join(root, "png_1"),
+             "frames": n, "size": (width, height)}
+    if os.path.exists(os.path.join(root, "complete")):
+        return paths
+    os.makedirs(paths["png"], exist_ok=True)
+    os.makedirs(paths["png_1"], exist_ok=True)
+
+    def frames():
+        for i, (image, _) in enumerate(synthetic_frames(height, seconds)):
+            cv2.imwrite(os.path.join(paths["png"], f"{i:06d}.png"), image[..., ::-1])
+            if i == 0:
+                cv2.imwrite(os.path.join(paths["png_1"], f"{i:06d}.png"), image[..., ::-1])
+                write_clip(paths["video_1"], [image])
+            yield image
+
+    write_clip(paths["video"], frames())
+    open(os.path.join(root, "complete"), "w").close()
+    return paths
+
+
+def speed(folder, clip, weights, archs, precisions, repeats=3):
+    """apply.py's defaults on a prepared clip (``prepare_speed``) against the same frames as PNG
+    files, each run a child process: ``repeats`` rounds, each one run of the video, of the PNG
+    folder, of the one-frame clip and of the one-frame folder, in that order (a shared machine's
+    drift hits all). -> [dict per (arch, precision)]: frames/s end to end (medians over the
+    rounds; the ratio the median of each round's own), the one-frame runs' seconds (start-up,
+    model loading and one frame), the steady state (the N - 1 frames after the first: frames /
+    (N-frame run - one-frame run), its ratio again per round), and cores (the child's CPU
+    seconds / wall seconds: how many cores it kept busy, start-up included). A failed run gives
+    a row with ``failed`` set."""
+    n = clip["frames"]
     rows = []
     for arch in archs:
         model = weights or random_weights(folder, arch)
         for precision in precisions:
             common = ["--model", model, "--outputs", "alpha", "--precision", precision, "--quiet", "--overwrite",
                       "--size", str(NETWORK)]
-            runs = [(run_apply(["--input", clip, "--output", os.path.join(folder, "out_v")] + common),
-                     run_apply(["--input", png_dir, "--output", os.path.join(folder, "out_p")] + common))
-                    for _ in range(repeats)]
-            if any(v[0] or p[0] for v, p in runs):
-                rows.append((arch, precision, None, None, None, None, None))
+            rounds = []
+            for _ in range(repeats):
+                rounds.append([run_apply(["--input", clip[key], "--output", os.path.join(folder, f"out_{key}")] + common)
+                               for key in ("video", "png", "video_1", "png_1")])
+                print(f"  {arch} {precision} round {len(rounds)}: video {rounds[-1][0][1]:.1f} s, PNG "
+                      f"{rounds[-1][1][1]:.1f} s, one frame {rounds[-1][2][1]:.1f} / {rounds[-1][3][1]:.1f} s; "
+                      f"load {os.getloadavg()}", flush=True)
+            if any(run[0] for r in rounds for run in r):
+                rows.append({"arch": arch, "precision": precision, "failed": True})
                 continue
-            video_s, png_s = (float(np.median([r[k][1] for r in runs])) for k in (0, 1))
-            ratio = float(np.median([p[1] / v[1] for v, p in runs]))  # each pair's own ratio
-            cores = [float(np.median([r[k][3] / r[k][1] for r in runs])) for k in (0, 1)]
-            rows.append((arch, precision, len(frames) / video_s, len(frames) / png_s, ratio, *cores))
+            wall = [[r[k][1] for r in rounds] for k in range(4)]
+            med = [float(np.median(w)) for w in wall]
+            rows.append({
+                "arch": arch, "precision": precision, "failed": False, "frames": n,
+                "video_fps": n / med[0], "png_fps": n / med[1],
+                "ratio": float(np.median([p / v for v, p in zip(wall[0], wall[1])])),
+                "video_runs_s": wall[0], "png_runs_s": wall[1],
+                "video_first_s": med[2], "png_first_s": med[3],
+                "video_steady_fps": float(np.median([(n - 1) / (v - v1) for v, v1 in zip(wall[0], wall[2])])),
+                "png_steady_fps": float(np.median([(n - 1) / (p - p1) for p, p1 in zip(wall[1], wall[3])])),
+                "steady_ratio": float(np.median([(p - p1) / (v - v1)
+                                                 for v, p, v1, p1 in zip(wall[0], wall[1], wall[2], wall[3])])),
+                "video_cores": float(np.median([r[0][3] / r[0][1] for r in rounds])),
+                "png_cores": float(np.median([r[1][3] / r[1][1] for r in rounds])),
+                "load": os.getloadavg()})
         if weights:
             break  # the trained weights are one architecture
     return rows
 
 
-def memory(folder, height, seconds, weights):
-    """[(seconds of clip, frames, peak MB, wall s)] for a clip and one 6x longer (U2NETP fp32)."""
-    model = weights or random_weights(folder, "u2netp")
+def memory(folder, height, lengths, precision="fp32"):
+    """[(seconds of clip, frames, peak MB, wall s)]: apply.py ``--outputs alpha`` (default
+    temporal method) on clips of each length in seconds (U2NETP, random weights, at
+    ``precision``); the clips are written frame by frame, so a long one is never held here."""
+    model = random_weights(folder, "u2netp")
     rows = []
-    for length in (seconds, 6 * seconds):
-        frames, _ = synthetic_clip(height, length, seed=SEED + 1)
-        clip = os.path.join(folder, f"memory_{length:g}s.mp4")
-        write_clip(clip, frames)
-        del frames
+    for length in lengths:
+        clip = os.path.join(folder, f"memory_{height}p_{length:g}s.mp4")
+        if not os.path.exists(clip):
+            write_clip(clip + ".tmp.mp4", (f for f, _ in synthetic_frames(height, length, seed=SEED + 1)))
+            os.replace(clip + ".tmp.mp4", clip)
         status, wall, peak, _ = run_apply(["--input", clip, "--output", os.path.join(folder, "out_m"), "--model", model,
-                                        "--outputs", "alpha", "--quiet", "--overwrite", "--size", str(NETWORK)])
+                                           "--outputs", "alpha", "--quiet", "--overwrite", "--size", str(NETWORK),
+                                           "--precision", precision])
         rows.append((length, int(round(length * 30)), peak if status == 0 else None, wall))
+        print(f"  memory {length:g} s: peak {peak:.0f} MB, {wall:.1f} s; load {os.getloadavg()}", flush=True)
     return rows
 
 
@@ -241,8 +304,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--height", type=int, default=360, help="frame height (width 16:9): 360, 720, 1080")
     p.add_argument("--seconds", type=float, default=3.0, help="clip length for quality (default 3)")
-    p.add_argument("--speed-seconds", type=float, default=2.0, help="clip length for the speed runs (default 2)")
-    p.add_argument("--speed-repeats", type=int, default=3, help="runs of each speed case (medians; default 3)")
+    p.add_argument("--speed-seconds", type=float, default=2.0,
+                   help="clip length for the speed runs (default 2; the issue's spec: 5-10)")
+    p.add_argument("--speed-heights", help="frame heights of the speed runs, e.g. 720,1080 (default: --height)")
+    p.add_argument("--speed-repeats", type=int, default=3, help="rounds of each speed case (medians; default 3)")
     p.add_argument("--archs", default="u2netp,u2net", help="architectures of the speed runs")
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--model", help="trained weights (default: the newest results_stage2/*/model/best.pth)")
@@ -251,12 +316,17 @@ def main():
     p.add_argument("--skip-quality", action="store_true", help="no quality table (the speed runs alone)")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--memory-seconds", default="1,6", help="clip lengths of the memory runs (default 1,6; the issue's: 10,60)")
+    p.add_argument("--memory-height", type=int, help="frame height of the memory runs (default: --height)")
+    p.add_argument("--memory-precision", default="fp32", help="U2NETP's precision in the memory runs (default fp32)")
+    p.add_argument("--work", help="keep the speed and memory clips in this folder and reuse them (default: a temporary one)")
+    p.add_argument("--prepare-only", action="store_true", help="write the speed clips (into --work) and stop")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     from utils.runs import choose_weights
 
     weights = args.model or choose_weights(None, newest_of=("results_stage2",), roots=(REPO,))
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load averages {os.getloadavg()} at the start")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; {uptime()}")
     if not weights:
         print("(b) not measured: no trained network (results_stage2/*/model/best.pth) is there")
     results = {"cpu": cpu_model(), "weights": weights}
@@ -284,33 +354,57 @@ def main():
         results["clip"] = [w, h, len(frames)]
         print(f"clips: {w}x{h}, {len(frames)} frames at 30 fps, seed {SEED}; default --temporal {DEFAULT_TEMPORAL}; "
               f"load averages {os.getloadavg()}")
-    frames = synthetic_clip(args.height, args.speed_seconds)[0]
-    h, w = frames[0].shape[:2]
-    with tempfile.TemporaryDirectory() as folder:
-        if not args.skip_speed:
-            speed_frames = frames
-            rows = speed(folder, speed_frames, None if args.random_speed_weights else weights,
-                         args.archs.split(","), args.precisions.split(","),
-                         args.speed_repeats)
-            results["speed"] = rows
-            print(f"\nspeed, apply.py end to end, {len(speed_frames)} frames {w}x{h}, network {NETWORK}, "
-                  f"weights {'trained' if weights and not args.random_speed_weights else 'random'}, medians of {args.speed_repeats} runs each:")
-            print("| arch | precision | video frames/s | PNG frames/s | video / PNG | cores busy, video / PNG |\n"
-                  "|---|---|---|---|---|---|")
-            for arch, precision, v, png, ratio, v_cores, p_cores in rows:
-                print(f"| {arch} | {precision} | {v:.2f} | {png:.2f} | {ratio:.2f}x | {v_cores:.2f} / {p_cores:.2f} |"
-                      if v else f"| {arch} | {precision} | refused or failed | | | |")
-            print(f"load averages {os.getloadavg()}")
+        del frames, alphas
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.work or scratch
+        os.makedirs(folder, exist_ok=True)
+        heights = [int(x) for x in args.speed_heights.split(",")] if args.speed_heights else [args.height]
+        clips = [] if args.skip_speed else [prepare_speed(folder, h, args.speed_seconds) for h in heights]
+        if args.prepare_only:
+            print(f"prepared under {folder}: {[c['video'] for c in clips]}")
+            return
+        for clip in clips:
+            w, h = clip["size"]
+            print(f"\nspeed, {clip['frames']} frames {w}x{h}: {uptime()}", flush=True)
+            rows = speed(folder, clip, None if args.random_speed_weights else weights,
+                         args.archs.split(","), args.precisions.split(","), args.speed_repeats)
+            results[f"speed {w}x{h}x{clip['frames']}"] = rows
+            print(f"speed, apply.py end to end, {clip['frames']} frames {w}x{h}, network {NETWORK}, weights "
+                  f"{'trained' if weights and not args.random_speed_weights else 'random'}, {args.speed_repeats} "
+                  "rounds (medians; ratios: the median of the rounds' own); one frame: the one-frame run's seconds "
+                  "(start-up, model loading, one frame); steady: the frames after the first:")
+            print("| arch | precision | video frames/s | PNG frames/s | video / PNG | one frame, video / PNG (s) | "
+                  "steady video / PNG frames/s | steady video / PNG | cores busy, video / PNG | load after |\n"
+                  "|---|---|---|---|---|---|---|---|---|---|")
+            for r in rows:
+                print(f"| {r['arch']} | {r['precision']} | refused or failed | | | | | | | |" if r["failed"] else
+                      f"| {r['arch']} | {r['precision']} | {r['video_fps']:.2f} | {r['png_fps']:.2f} | "
+                      f"{r['ratio']:.2f}x | {r['video_first_s']:.1f} / {r['png_first_s']:.1f} | "
+                      f"{r['video_steady_fps']:.2f} / {r['png_steady_fps']:.2f} | {r['steady_ratio']:.2f}x | "
+                      f"{r['video_cores']:.2f} / {r['png_cores']:.2f} | "
+                      f"{' '.join(f'{x:.2f}' for x in r['load'])} |", flush=True)
+            print(uptime())
         if not args.skip_memory:
-            rows = memory(folder, args.height, 1.0, weights)
+            lengths = [float(x) for x in args.memory_seconds.split(",")]
+            height = args.memory_height or args.height
+            rows = memory(folder, height, lengths, args.memory_precision)
             results["memory"] = rows
-            print("\npeak memory, apply.py --outputs alpha, U2NETP fp32:\n| clip | frames | peak MB | wall s |\n|---|---|---|---|")
+            print(f"\npeak memory (VmHWM), apply.py --outputs alpha, U2NETP {args.memory_precision}, height {height}:\n"
+                  "| clip | frames | peak MB | wall s |\n|---|---|---|---|")
             for length, n, peak, wall in rows:
                 print(f"| {length:g} s | {n} | {peak:.0f} | {wall:.1f} |")
-            print(f"6x longer / short: {rows[1][2] / rows[0][2]:.3f}; load averages {os.getloadavg()}")
+            print(f"longest / shortest: {rows[-1][2] / rows[0][2]:.3f}; {uptime()}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=str)
+
+
+def uptime():
+    """`uptime`'s line (time, load averages), or the load averages alone."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return f"load averages {os.getloadavg()}"
 
 
 if __name__ == "__main__":
