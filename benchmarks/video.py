@@ -60,6 +60,11 @@ SEED = 22
 
 
 # ---------------------------------------------------------------- the synthetic clip
+def frame_width(height):
+    """The clips' width for a frame height: 16:9, rounded to even (4:2:0 needs even sizes)."""
+    return int(round(height * 16 / 9)) // 2 * 2
+
+
 def synthetic_clip(height=360, seconds=3.0, fps=30, seed=SEED, motion=1.0):
     """-> (frames uint8 RGB (H,W,3), alphas float32 (H,W) in [0,1]) lists: a person moving,
     turning and scaling over a panning textured background (module docstring). motion scales
@@ -75,7 +80,7 @@ def synthetic_frames(height=360, seconds=3.0, fps=30, seed=SEED, motion=1.0):
     """synthetic_clip's (frame, alpha) pairs one at a time (the same values), so that a long clip
     can be written without holding it."""
     rng = np.random.default_rng(seed)
-    width = int(round(height * 16 / 9)) // 2 * 2
+    width = frame_width(height)
     ph = int(height * 0.9)
     pw = int(ph * 0.75)
     colours, alpha = make_examples.person(rng, ph, pw)
@@ -98,13 +103,11 @@ def synthetic_frames(height=360, seconds=3.0, fps=30, seed=SEED, motion=1.0):
 
 
 def write_clip(path, frames, fps=30):
-    """frames (a list or an iterable of uint8 RGB (H,W,3)) -> an H.264 mp4 (CRF 16) with PyAV;
-    returns the frame count."""
+    """frames (a list or an iterable of uint8 RGB (H,W,3)) -> an H.264 mp4 (CRF 16) with PyAV."""
     import av
 
     with av.open(path, "w") as out:
         stream = out.add_stream("libx264", rate=fps)
-        i = -1
         for i, image in enumerate(frames):
             if i == 0:
                 stream.height, stream.width = image.shape[:2]
@@ -115,7 +118,6 @@ def write_clip(path, frames, fps=30):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
-    return i + 1
 
 
 def jittered(alpha, rng):
@@ -203,7 +205,7 @@ def prepare_speed(folder, height, seconds):
     frames, and a one-frame clip and folder (for the start-up runs), under
     ``folder/speed_<w>x<h>_<frames>/``; a folder made before (with its ``complete`` marker) is
     reused. -> {"video", "png", "video_1", "png_1": paths, "frames": int, "size": (w, h)}."""
-    width = int(round(height * 16 / 9)) // 2 * 2
+    width = frame_width(height)
     n = int(round(seconds * 30))
     root = os.path.join(folder, f"speed_{width}x{height}_{n}")
     paths = {"video": os.path.join(root, "clip.mp4"), "png": os.path.join(root, "png"),
@@ -254,18 +256,20 @@ def speed(folder, clip, weights, archs, precisions, repeats=3):
             if any(run[0] for r in rounds for run in r):
                 rows.append({"arch": arch, "precision": precision, "failed": True})
                 continue
-            wall = [[r[k][1] for r in rounds] for k in range(4)]
+            wall = [[r[k][1] for r in rounds] for k in range(4)]  # video, PNG, one-frame video, one-frame PNG
             med = [float(np.median(w)) for w in wall]
+
+            def per_round(f):  # the median over the rounds of f(video s, PNG s, one-frame video s, one-frame PNG s)
+                return float(np.median([f(*r) for r in zip(*wall)]))
             rows.append({
                 "arch": arch, "precision": precision, "failed": False, "frames": n,
                 "video_fps": n / med[0], "png_fps": n / med[1],
-                "ratio": float(np.median([p / v for v, p in zip(wall[0], wall[1])])),
+                "ratio": per_round(lambda v, p, v1, p1: p / v),
                 "video_runs_s": wall[0], "png_runs_s": wall[1],
                 "video_first_s": med[2], "png_first_s": med[3],
-                "video_steady_fps": float(np.median([(n - 1) / (v - v1) for v, v1 in zip(wall[0], wall[2])])),
-                "png_steady_fps": float(np.median([(n - 1) / (p - p1) for p, p1 in zip(wall[1], wall[3])])),
-                "steady_ratio": float(np.median([(p - p1) / (v - v1)
-                                                 for v, p, v1, p1 in zip(wall[0], wall[1], wall[2], wall[3])])),
+                "video_steady_fps": per_round(lambda v, p, v1, p1: (n - 1) / (v - v1)),
+                "png_steady_fps": per_round(lambda v, p, v1, p1: (n - 1) / (p - p1)),
+                "steady_ratio": per_round(lambda v, p, v1, p1: (p - p1) / (v - v1)),
                 "video_cores": float(np.median([r[0][3] / r[0][1] for r in rounds])),
                 "png_cores": float(np.median([r[1][3] / r[1][1] for r in rounds])),
                 "load": os.getloadavg()})
