@@ -25,8 +25,10 @@ Each configuration runs as its own child process (``python apply.py ...``, or th
 ``--run-original``), ``--repeats`` times, interleaved; the table gives medians of the wall
 time, images/s and its ratio to the original's, the CPU seconds (user + system, the child and
 its workers; less sensitive than wall time to other programs on a shared machine) and peak
-memory: the child's own peak RSS (from ``wait4``: exact, and free to measure). ``--tree-pss S``
-adds the peak proportional set size of the whole process tree (DataLoader workers included),
+memory: the command's own peak RSS (from ``wait4`` in a small launcher process, free to
+measure; read directly, a child's ``ru_maxrss`` would carry this process's peak: ``LAUNCHER``;
+the launcher adds its start, ~30 ms, to every configuration's wall time). ``--tree-pss S`` adds
+the peak proportional set size of the whole process tree (DataLoader workers included),
 sampled every S seconds; reading it costs ~40 ms of kernel time per sample on a 1 GB process and
 slows the measured program (by ~20 % at 0.1 s), so it is off by default. bf16 alphas are
 compared with the fp32 ones (mean absolute difference, in 1/255 units).
@@ -234,35 +236,57 @@ def _tree_pss_kb(pid):
     return total
 
 
+# The launcher between this process and the measured command: ``ru_maxrss`` of a child this
+# (large) process starts directly is at least this process's own peak (Linux carries the
+# pre-exec address space's peak across exec, and subprocess starts children with vfork, whose
+# pre-exec address space is ours), so a small Python process starts the command and reports its
+# peak, CPU and exit status from its own wait4.
+LAUNCHER = """import json, os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"status": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss,
+               "cpu_s": usage.ru_utime + usage.ru_stime}, f)
+"""
+
+
 def measure_process(cmd, env=None, pss_interval=0.0, outputs=None):
-    """Run ``cmd``; return (wall s, peak RSS of the child MB, peak tree PSS MB sampled every
-    ``pss_interval`` s (0: not sampled, NaN), CPU s of the child and its reaped descendants);
-    its stdout and stderr are appended to ``outputs`` when given."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = [0]
-    done = threading.Event()
+    """Run ``cmd`` (through ``LAUNCHER``); return (wall s, peak RSS of the command MB, peak tree
+    PSS MB sampled every ``pss_interval`` s (0: not sampled, NaN), CPU s of the command and its
+    reaped descendants); its stdout and stderr are appended to ``outputs`` when given."""
+    import json
+    with tempfile.TemporaryDirectory() as scratch:
+        report = os.path.join(scratch, "usage.json")
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, report] + list(cmd), env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        peak = [0]
+        done = threading.Event()
 
-    def sample():
-        while not done.wait(pss_interval):
-            peak[0] = max(peak[0], _tree_pss_kb(proc.pid))
+        def sample():
+            while not done.wait(pss_interval):
+                peak[0] = max(peak[0], _tree_pss_kb(proc.pid))
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    if pss_interval > 0:
-        sampler.start()
-    output = proc.stdout.read()
-    if outputs is not None:
-        outputs.append(output)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    done.set()
-    if pss_interval > 0:
-        sampler.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output}")
+        sampler = threading.Thread(target=sample, daemon=True)
+        if pss_interval > 0:
+            sampler.start()
+        output = proc.stdout.read()
+        if outputs is not None:
+            outputs.append(output)
+        proc.wait()
+        wall = time.perf_counter() - start
+        done.set()
+        if pss_interval > 0:
+            sampler.join()
+        try:
+            with open(report) as f:
+                usage = json.load(f)
+        except (OSError, ValueError):
+            usage = {"status": proc.returncode or 1}
+    if usage["status"] != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({usage['status']}):\n{output}")
     pss = peak[0] / 1024 if pss_interval > 0 else float("nan")
-    return wall, usage.ru_maxrss / 1024, pss, usage.ru_utime + usage.ru_stime
+    return wall, usage["maxrss_kb"] / 1024, pss, usage["cpu_s"]
 
 
 def has_native_bf16(device):
