@@ -56,6 +56,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from utils.machine import cpu_model, status_line  # noqa: E402
 
 METHODS = ("none", "guided", "matting", "rembg")
 SEED = 20261202
@@ -385,11 +386,6 @@ def overall(rows, families, methods):
     return "\n".join(lines)
 
 
-def _uptime():
-    with open("/proc/loadavg") as f:
-        return "load average " + " ".join(f.read().split()[:3])
-
-
 def parse_options(specs):
     """``method:key=value,key=value`` -> {method: {key: value}} (values parsed as JSON)."""
     options = {}
@@ -432,7 +428,7 @@ def main(argv=None):
     if args.model:
         from utils.inference.onnx_model import load_any_model
         model = load_any_model(args.model)
-    print(f"{_uptime()} at the start; CPU {_cpu_model()}", flush=True)
+    print(f"{status_line()} at the start; CPU {cpu_model()}, {os.cpu_count()} logical CPUs", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="refine_bench_") as tmp:
         for megapixels in sizes:
@@ -468,7 +464,7 @@ def main(argv=None):
                             print(f"{case:28s} {row['shape']:>10s} {method:8s} SAD {row['sad']:8.2f} Grad {row['grad']:8.2f} "
                                   f"{row['seconds']:6.2f} s (CPU {row['cpu_s']:5.2f}) peak {row['peak_mb']:6.0f} MB{extra}"
                                   + (f"  {row['warnings'][0]}" if row["warnings"] else ""), flush=True)
-    print(f"\n{_uptime()} at the end")
+    print(f"\n{status_line()} at the end")
     tuned = [f for f in families if f not in HELD_OUT]
     held = [f for f in families if f in HELD_OUT]
     for title, chosen in (("tuning families", tuned), ("HELD-OUT families", held)):
@@ -484,17 +480,6 @@ def main(argv=None):
             writer.writeheader()
             writer.writerows({**r, "stats": json.dumps(r["stats"])} for r in rows)
     return rows
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip() + f", {os.cpu_count()} logical CPUs"
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -53,6 +53,9 @@ import urllib.parse
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from utils.machine import cpu_model, load_averages  # noqa: E402
+
 HOST = "127.0.0.1"  # loopback only: this generator never sends elsewhere
 REMBG_VERSION = "2.0.86"
 _spec = importlib.util.spec_from_file_location("bench_apply", os.path.join(REPO, "benchmarks", "apply.py"))
@@ -290,19 +293,6 @@ def cpu_ticks():
     return sum(values[:8]), values[7]
 
 
-def uptime():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
-def cpu_name():
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="u2netp", choices=("u2netp", "u2net"), help="random weights of (default: u2netp)")
@@ -367,8 +357,8 @@ def main():
         python = rembg_python(args.rembg_venv)
         starters.append((f"rembg s {REMBG_VERSION}", lambda: start_rembg(python, onnx_path, work)))
 
-    print(f"{cpu_name()}, {os.cpu_count()} cores; {args.arch if not args.model else args.model}; "
-          f"{len(photos)} photos {width}x{height}; load average at start {uptime()}", flush=True)
+    print(f"{cpu_model()}, {os.cpu_count()} cores; {args.arch if not args.model else args.model}; "
+          f"{len(photos)} photos {width}x{height}; load average at start {load_averages()}", flush=True)
     rows, runs, memory = {}, {}, {}
     servers = []
     try:
@@ -395,13 +385,13 @@ def main():
                               f"p50 {one['p50']:6.0f} ms  p99 {one['p99']:6.0f} ms  CPU/req server "
                               f"{one['server_ms']:4.0f} ms client {one['client_ms']:3.0f} ms  idle servers' CPU "
                               f"{part['idle_cpu']:5.2f} s  steal {part['steal']:4.0%}  failed {one['failed']}  503 {one['busy']}  "
-                              f"load {uptime()}", flush=True)
+                              f"load {load_averages()}", flush=True)
                 for server in servers:
                     r = rows[(server.label, kind, c)] = summary(parts[server.label])
                     r["rss"] = server.rss_mb()
                     runs[(server.label, kind, c)] = [len(q["statuses"]) / q["seconds"] for q in parts[server.label]]
                     print(f"{server.label:24s} {kind:6s} c={c:<3d} median {r['median_per_s']:6.2f} req/s  "
-                          f"RSS {r['rss']:6.0f} MB  load {uptime()}", flush=True)
+                          f"RSS {r['rss']:6.0f} MB  load {load_averages()}", flush=True)
     finally:
         for server in servers:
             server.stop()
@@ -411,7 +401,7 @@ def main():
             m = memory[label] = memory_run(start, photos, onnx_path, args.memory_requests)
             print(f"{label:16s} memory (fresh server, 8 clients): RSS after 100 {m['after_100']:.0f} MB, after "
                   f"{args.memory_requests} {m['final']:.0f} MB ({m['final'] / m['after_100'] - 1:+.1%}), peak "
-                  f"{m['peak']:.0f} MB, failed {m['failed']}  load {uptime()}", flush=True)
+                  f"{m['peak']:.0f} MB, failed {m['failed']}  load {load_averages()}", flush=True)
     print_table(rows, runs, memory, kinds, concurrencies, args.memory_requests)
 
 

@@ -37,7 +37,6 @@ and 6 s; the issue's goal compares 10 and 60 s), U2NETP with random weights.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,7 @@ sys.path.insert(0, os.path.join(REPO, "data_examples"))
 import make_examples  # noqa: E402
 from utils.inference.temporal import DEFAULT_TEMPORAL, TEMPORAL_METHODS, make_stabiliser  # noqa: E402
 from utils.inference.refine import refine_alpha  # noqa: E402
+from utils.machine import cpu_model, status_line  # noqa: E402
 from utils.metrics import dtssd, ground_truth_flow, mad, messddt  # noqa: E402
 
 NETWORK = 320
@@ -297,13 +297,6 @@ def memory(folder, height, lengths, precision="fp32"):
     return rows
 
 
-def cpu_model():
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--height", type=int, default=360, help="frame height (width 16:9): 360, 720, 1080")
@@ -330,7 +323,7 @@ def main():
     from utils.runs import choose_weights
 
     weights = args.model or choose_weights(None, newest_of=("results_stage2",), roots=(REPO,))
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; {uptime()}")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; {status_line()}")
     if not weights:
         print("(b) not measured: no trained network (results_stage2/*/model/best.pth) is there")
     results = {"cpu": cpu_model(), "weights": weights}
@@ -369,7 +362,7 @@ def main():
             return
         for clip in clips:
             w, h = clip["size"]
-            print(f"\nspeed, {clip['frames']} frames {w}x{h}: {uptime()}", flush=True)
+            print(f"\nspeed, {clip['frames']} frames {w}x{h}: {status_line()}", flush=True)
             rows = speed(folder, clip, None if args.random_speed_weights else weights,
                          args.archs.split(","), args.precisions.split(","), args.speed_repeats)
             results[f"speed {w}x{h}x{clip['frames']}"] = rows
@@ -387,7 +380,7 @@ def main():
                       f"{r['video_steady_fps']:.2f} / {r['png_steady_fps']:.2f} | {r['steady_ratio']:.2f}x | "
                       f"{r['video_cores']:.2f} / {r['png_cores']:.2f} | "
                       f"{' '.join(f'{x:.2f}' for x in r['load'])} |", flush=True)
-            print(uptime())
+            print(status_line())
         if not args.skip_memory:
             lengths = [float(x) for x in args.memory_seconds.split(",")]
             height = args.memory_height or args.height
@@ -397,18 +390,10 @@ def main():
                   "| clip | frames | peak MB | wall s |\n|---|---|---|---|")
             for length, n, peak, wall in rows:
                 print(f"| {length:g} s | {n} | {peak:.0f} | {wall:.1f} |")
-            print(f"longest / shortest: {rows[-1][2] / rows[0][2]:.3f}; {uptime()}")
+            print(f"longest / shortest: {rows[-1][2] / rows[0][2]:.3f}; {status_line()}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=str)
-
-
-def uptime():
-    """`uptime`'s line (time, load averages), or the load averages alone."""
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return f"load averages {os.getloadavg()}"
 
 
 if __name__ == "__main__":

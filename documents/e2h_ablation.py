@@ -48,7 +48,6 @@ import glob
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -155,14 +154,10 @@ def describe_hardware(device="auto", threads=None):
     bf16 or not, and the threads each run was given)."""
     import torch
     from utils.device import cpu_bf16_native, resolve_device
+    from utils.machine import cpu_model
     if resolve_device(device).type == "cuda":
         return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}), torch {torch.__version__}"
-    model = platform.processor() or "CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
+    model = cpu_model()
     bf16 = "native bf16 (amp=auto: bf16 autocast)" if cpu_bf16_native() else "no native bf16 (fp32)"
     used = f"{threads} thread(s) per stage-2 run" if threads else f"{torch.get_num_threads()} threads per run"
     return f"CPU: {model}, {os.cpu_count()} cores, {bf16}, {used}, torch {torch.__version__}"

@@ -30,3 +30,13 @@ def test_measure_process_reports_the_commands_peak_not_the_parents():
     assert outputs == ["True\n"] and wall > 0 and cpu > 0 and np.isnan(pss)
     with pytest.raises(RuntimeError, match=r"failed \(3\)"):
         bench.measure_process([sys.executable, "-c", "import sys; sys.exit(3)"])
+
+
+def test_the_machine_line_names_the_cpu_and_three_load_averages():
+    """utils/machine.py: what every benchmark prints beside its figures."""
+    import re
+
+    from utils.machine import cpu_model, load_averages, status_line
+    assert cpu_model().strip() and "\n" not in cpu_model()
+    assert re.fullmatch(r"\d+\.\d\d \d+\.\d\d \d+\.\d\d", load_averages())
+    assert re.fullmatch(r"\d\d:\d\d:\d\d UTC, load averages \d+\.\d\d \d+\.\d\d \d+\.\d\d", status_line())
