@@ -27,9 +27,9 @@ time, images/s and its ratio to the original's, the CPU seconds (user + system, 
 its workers; less sensitive than wall time to other programs on a shared machine) and peak
 memory: the command's own peak RSS (from ``wait4`` in a small launcher process, free to
 measure; read directly, a child's ``ru_maxrss`` would carry this process's peak: ``LAUNCHER``;
-the launcher adds its start, ~30 ms, to every configuration's wall time). ``--tree-pss S`` adds
-the peak proportional set size of the whole process tree (DataLoader workers included),
-sampled every S seconds; reading it costs ~40 ms of kernel time per sample on a 1 GB process and
+the launcher adds its start, 10-30 ms, to every configuration's wall time). ``--tree-pss S``
+adds the peak proportional set size of the whole process tree (DataLoader workers and the
+launcher included), sampled every S seconds; reading it costs ~40 ms of kernel time per sample on a 1 GB process and
 slows the measured program (by ~20 % at 0.1 s), so it is off by default. bf16 alphas are
 compared with the fp32 ones (mean absolute difference, in 1/255 units).
 
