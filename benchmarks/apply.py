@@ -29,9 +29,9 @@ memory: the command's own peak RSS (from ``wait4`` in a small launcher process, 
 measure; read directly, a child's ``ru_maxrss`` would carry this process's peak: ``LAUNCHER``;
 the launcher adds its start, 10-30 ms, to every configuration's wall time). ``--tree-pss S``
 adds the peak proportional set size of the whole process tree (DataLoader workers and the
-launcher included), sampled every S seconds; reading it costs ~40 ms of kernel time per sample on a 1 GB process and
-slows the measured program (by ~20 % at 0.1 s), so it is off by default. bf16 alphas are
-compared with the fp32 ones (mean absolute difference, in 1/255 units).
+launcher included), sampled every S seconds; reading it costs ~40 ms of kernel time per
+sample on a 1 GB process and slows the measured program (by ~20 % at 0.1 s), so it is off by
+default. bf16 alphas are compared with the fp32 ones (mean absolute difference, in 1/255 units).
 
 The original (xuebinqin/U-2-Net ``u2net_test.py``), restated faithfully in ``run_original``:
 ``SalObjDataset`` + ``RescaleT(320)`` (skimage ``transform.resize`` to 320x320, float64) +
