@@ -323,10 +323,11 @@ def main():
     from utils.runs import choose_weights
 
     weights = args.model or choose_weights(None, newest_of=("results_stage2",), roots=(REPO,))
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; {status_line()}")
+    cpu = cpu_model()
+    print(f"CPU: {cpu}, {os.cpu_count()} cores; {status_line()}")
     if not weights:
         print("(b) not measured: no trained network (results_stage2/*/model/best.pth) is there")
-    results = {"cpu": cpu_model(), "weights": weights}
+    results = {"cpu": cpu, "weights": weights}
     if not args.skip_quality:
         print("\n| clip | case | --refine | --temporal | MAD | dtSSD | MESSDdt | MAD / none | dtSSD / none | "
               "MESSDdt / none | ms/frame |\n|---|---|---|---|---|---|---|---|---|---|---|")

@@ -157,10 +157,9 @@ def describe_hardware(device="auto", threads=None):
     from utils.machine import cpu_model
     if resolve_device(device).type == "cuda":
         return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}), torch {torch.__version__}"
-    model = cpu_model()
     bf16 = "native bf16 (amp=auto: bf16 autocast)" if cpu_bf16_native() else "no native bf16 (fp32)"
     used = f"{threads} thread(s) per stage-2 run" if threads else f"{torch.get_num_threads()} threads per run"
-    return f"CPU: {model}, {os.cpu_count()} cores, {bf16}, {used}, torch {torch.__version__}"
+    return f"CPU: {cpu_model()}, {os.cpu_count()} cores, {bf16}, {used}, torch {torch.__version__}"
 
 
 def load_average():

@@ -1,6 +1,7 @@
 """The benchmarks' own measuring helpers: what they report is what the measured command did."""
 import importlib.util
 import os
+import re
 import sys
 
 import numpy as np
@@ -34,8 +35,6 @@ def test_measure_process_reports_the_commands_peak_not_the_parents():
 
 def test_the_machine_line_names_the_cpu_and_three_load_averages():
     """utils/machine.py: what every benchmark prints beside its figures."""
-    import re
-
     from utils.machine import cpu_model, load_averages, status_line
     assert cpu_model().strip() and "\n" not in cpu_model()
     assert re.fullmatch(r"\d+\.\d\d \d+\.\d\d \d+\.\d\d", load_averages())
